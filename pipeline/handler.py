@@ -1,0 +1,131 @@
+"""RunInference ModelHandler over a pairscore SavedModel directory.
+
+Beam's stock TensorFlow handler cannot load SavedModels written under Keras 3
+(apache/beam#30616), and `score_text` needs tensorflow_text's ops registered in the
+loading process, so the project has its own. The loaded model exposes only methods, so
+it works behind Beam's multi-process proxy (`large_model=True` / `model_copies`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import ModelHandler
+
+from pipeline.packing import PackedBatch
+
+log = logging.getLogger("pairscore.handler")
+
+
+def local_model_dir(model_dir: str) -> str:
+    """`model_dir` itself when local; else a copy in a temp dir (gs://, s3://, ...).
+
+    tf.saved_model.load reads gs:// itself but not s3://; copying once per process
+    through Beam's filesystems works for every scheme Beam knows.
+    """
+    if "://" not in model_dir:
+        return model_dir
+    base = model_dir.rstrip("/") + "/"
+    target = tempfile.mkdtemp(prefix="pairscore-model-")
+    files = [m.path for m in FileSystems.match([base + "**"])[0].metadata_list]
+    for path in files:
+        rel = path[len(base):]
+        dest = os.path.join(target, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with FileSystems.open(path) as src, open(dest, "wb") as out:
+            while chunk := src.read(1 << 22):
+                out.write(chunk)
+    return target
+
+
+def configure_devices() -> str:
+    """Turn on GPU memory growth (so several SDK processes can share a GPU) and name
+    the device scoring will run on."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process
+            pass
+    return f"GPU x{len(gpus)} ({gpus[0].name})" if gpus else "CPU"
+
+
+class LoadedPairModel:
+    """The SavedModel's signatures as plain methods taking and returning numpy arrays."""
+
+    def __init__(self, model_dir: str):
+        import tensorflow as tf
+        import tensorflow_text  # noqa: F401  (registers the ops score_text uses)
+
+        self.device = configure_devices()
+        started = time.time()
+        self._model = tf.saved_model.load(local_model_dir(model_dir))
+        sig = self._model.signatures
+        self._serve = sig["serving_default"]
+        self._encode = sig["encode"]
+        self._score_embeddings = sig["score_embeddings"]
+        log.info("loaded model %s on %s in %.1fs", model_dir, self.device, time.time() - started)
+
+    def score(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        return self._serve(left_ids=left, right_ids=right)["score"].numpy()
+
+    def encode(self, ids: np.ndarray) -> np.ndarray:
+        return self._encode(ids=ids)["embedding"].numpy()
+
+    def score_embeddings(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        return self._score_embeddings(left=left, right=right)["score"].numpy()
+
+    def device_name(self) -> str:
+        return self.device
+
+
+class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
+    """Scores `PackedBatch`es; each element is already one length-grouped model batch,
+    so RunInference's own batching is set to one element per call."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        large_model: bool = False,
+        model_copies: int | None = None,
+        fail_once_marker: str | None = None,
+    ):
+        super().__init__(
+            min_batch_size=1, max_batch_size=1, large_model=large_model, model_copies=model_copies
+        )
+        self._model_dir = model_dir
+        # Test-only fault injection: the first call that finds this file missing creates
+        # it and raises, so a retry must succeed (see tests/test_faults.py).
+        self._fail_once_marker = fail_once_marker
+
+    def load_model(self) -> LoadedPairModel:
+        return LoadedPairModel(self._model_dir)
+
+    def run_inference(
+        self,
+        batch: Sequence[PackedBatch],
+        model: LoadedPairModel,
+        inference_args: dict | None = None,
+    ) -> Iterable[PackedBatch]:
+        if self._fail_once_marker and not os.path.exists(self._fail_once_marker):
+            with open(self._fail_once_marker, "w") as f:
+                f.write("failed once\n")
+            raise RuntimeError("injected scoring failure (test hook)")
+        for packed in batch:
+            packed.scores = model.score(packed.left, packed.right)
+            yield packed
+
+    def get_num_bytes(self, batch: Sequence[PackedBatch]) -> int:
+        return sum(p.left.nbytes + p.right.nbytes for p in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "pairscore"

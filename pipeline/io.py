@@ -1,0 +1,157 @@
+"""Storage around the job: checks before any work, output layout, summary and _SUCCESS.
+
+Everything goes through Beam's `FileSystems`, so local paths, gs:// and s3:// behave alike.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import posixpath
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+LABELS = "labels"
+REJECTS = "rejects"
+SUMMARY = "summary.json"
+SUCCESS = "_SUCCESS"
+
+
+class JobError(Exception):
+    """A problem found before or after the job that the user must fix; exit non-zero."""
+
+
+def join(base: str, *parts: str) -> str:
+    return FileSystems.join(base, *parts) if parts else base
+
+
+@dataclasses.dataclass
+class InputScan:
+    files: list[str]
+    schema: pa.Schema
+    rows: int
+
+
+def _footer(path: str) -> tuple[pa.Schema, int]:
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            meta = pq.ParquetFile(f).metadata
+            return meta.schema.to_arrow_schema(), meta.num_rows
+    except Exception as e:  # noqa: BLE001  (pyarrow raises several types for bad files)
+        raise JobError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+
+
+def scan_inputs(pattern: str) -> InputScan:
+    """Match the input pattern and read every file's footer: schema and row count.
+
+    Fails, naming the file, on a pattern that matches nothing, a file that is not
+    Parquet, or schemas that disagree.
+    """
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:  # noqa: BLE001  (BeamIOError wraps the scheme's errors)
+        raise JobError(f"input {pattern}: cannot list files ({e})") from None
+    files = sorted(m.path for m in matched if not m.path.endswith("/"))
+    if not files:
+        raise JobError(f"input pattern {pattern} matches no files")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        footers = list(pool.map(_footer, files))
+    schema, rows = footers[0][0], 0
+    for path, (other, n) in zip(files, footers):
+        rows += n
+        if not other.remove_metadata().equals(schema.remove_metadata()):
+            raise JobError(
+                f"{path}: schema differs from {files[0]}:\n  {files[0]}: "
+                f"{_describe(schema)}\n  {path}: {_describe(other)}"
+            )
+    return InputScan(files, schema.remove_metadata(), rows)
+
+
+def _describe(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name}: {f.type}" for f in schema)
+
+
+def check_columns(
+    schema: pa.Schema, source: str, id_column: str, text_columns: tuple[str, str],
+    keep_columns: list[str],
+) -> None:
+    names = schema.names
+    for col in [id_column, *text_columns, *keep_columns]:
+        if col not in names:
+            raise JobError(
+                f"{source}: required column {col!r} is missing; columns found: {', '.join(names)}"
+            )
+    for col in text_columns:
+        t = schema.field(col).type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
+            raise JobError(f"{source}: text column {col!r} has type {t}, expected a string type")
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuse a finished output without --overwrite; clear what an earlier (finished or
+    crashed) run left, so that no stale file survives; prove the location writable."""
+    if FileSystems.exists(join(output, SUCCESS)) and not overwrite:
+        raise JobError(
+            f"{output} already holds a finished run ({SUCCESS} exists); "
+            "pass --overwrite to replace it"
+        )
+    stale = [join(output, name) for name in (SUCCESS, SUMMARY, LABELS, REJECTS)]
+    stale = [p for p in stale if FileSystems.exists(p) or FileSystems.exists(p + "/")]
+    stale += [m.path for m in _match(join(output, LABELS, "*")) + _match(join(output, REJECTS, "*"))]
+    if stale:
+        try:
+            FileSystems.delete(sorted(set(stale)))
+        except Exception as e:  # noqa: BLE001
+            raise JobError(f"{output}: cannot clear the previous run's files ({e})") from None
+    probe = join(output, ".pairscore-write-check")
+    try:
+        with FileSystems.create(probe) as f:
+            f.write(b"ok")
+        FileSystems.delete([probe])
+    except Exception as e:  # noqa: BLE001
+        raise JobError(f"output location {output} is not writable ({e})") from None
+
+
+def _match(pattern: str) -> list:
+    try:
+        return FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # noqa: BLE001  (no such directory)
+        return []
+
+
+def output_files(output: str, kind: str) -> list[str]:
+    return sorted(m.path for m in _match(join(output, kind, "*.parquet")))
+
+
+def read_output_column(paths: list[str], column: str) -> pa.ChunkedArray:
+    tables = []
+    for path in paths:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            tables.append(pq.read_table(f, columns=[column]))
+    if not tables:
+        return pa.chunked_array([], pa.null())
+    return pa.concat_tables(tables)[column]
+
+
+def count_rows(paths: list[str]) -> int:
+    total = 0
+    for path in paths:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def write_text(path: str, text: str) -> None:
+    with FileSystems.create(path) as f:
+        f.write(text.encode())
+
+
+def write_json(path: str, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(path.rstrip("/"))
