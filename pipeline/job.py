@@ -18,6 +18,7 @@ import time
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatched
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
@@ -438,6 +439,9 @@ def run(argv=None, save_main_session=False, test_pipeline=None) -> PipelineResul
     """
     options = _pipeline_options(list(argv) if argv is not None else None)
     opts = options.view_as(ScoreOptions)
+    # The launcher's own reads and writes (checks, summary) use the job's storage
+    # settings too, e.g. --s3_endpoint_url.
+    FileSystems.set_options(options)
     dry_run = bool(options.view_as(TestOptions).dry_run)
     cfg = resolve(opts, dry_run)
     if save_main_session:
