@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 
 import numpy as np
 
 
+@functools.lru_cache(maxsize=1)
 def _from_package() -> tuple[list[str], np.ndarray]:
     import pyarrow.parquet as pq
 

@@ -98,14 +98,19 @@ def prepare_output(output: str, overwrite: bool) -> None:
             f"{output} already holds a finished run ({SUCCESS} exists); "
             "pass --overwrite to replace it"
         )
-    stale = [join(output, name) for name in (SUCCESS, SUMMARY, LABELS, REJECTS)]
-    stale = [p for p in stale if FileSystems.exists(p) or FileSystems.exists(p + "/")]
+    # _SUCCESS first, so that a reader never sees it beside a half-cleared output; then
+    # files before the directories holding them.
+    stale = [join(output, SUCCESS), join(output, SUMMARY)]
     stale += [m.path for m in _match(join(output, LABELS, "*")) + _match(join(output, REJECTS, "*"))]
-    if stale:
+    stale += [join(output, LABELS), join(output, REJECTS)]
+    for path in stale:
+        if not (FileSystems.exists(path) or FileSystems.exists(path + "/")):
+            continue
         try:
-            FileSystems.delete(sorted(set(stale)))
+            FileSystems.delete([path])
         except Exception as e:  # noqa: BLE001
-            raise JobError(f"{output}: cannot clear the previous run's files ({e})") from None
+            if FileSystems.exists(path):
+                raise JobError(f"{output}: cannot clear the previous run's {path} ({e})") from None
     probe = join(output, ".pairscore-write-check")
     try:
         with FileSystems.create(probe) as f:
