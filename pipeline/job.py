@@ -177,11 +177,16 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
 
 
 def _read_model(model_dir: str, dry_run: bool) -> dict:
+    placeholder = {"threshold": 0.5, "max_length": 128, "fingerprint": "dry-run"}
+    if dry_run and "://" in model_dir:
+        # Never touch remote storage when dry-running: without credentials the GCS
+        # client retries for minutes before giving up.
+        return placeholder
     if dry_run:
         try:
             return dataclasses.asdict(check_model_dir(model_dir))
-        except Exception:  # noqa: BLE001  (no credentials when dry-running on gs://)
-            return {"threshold": 0.5, "max_length": 128, "fingerprint": "dry-run"}
+        except Exception:  # noqa: BLE001  (a dry run only builds the graph)
+            return placeholder
     return dataclasses.asdict(check_model_dir(model_dir))
 
 
