@@ -97,45 +97,61 @@ def bert_backbone(tiny: bool = False, preset: str | None = None):
     return keras_hub.models.BertBackbone.from_preset(preset or minilm_dir())
 
 
-class PairBatches(keras.utils.PyDataset):
-    """Length-bucketed batches, each padded to its own longest row."""
+class PairBatches:
+    """Length-bucketed batches, each padded to its own longest row, as a tf.data pipeline.
+
+    The sequence length differs from batch to batch, so the dataset declares it as
+    unknown (`[None, None]`); Keras' PyDataset would fix it from the first batches.
+    """
 
     def __init__(self, left, right, y, batch_size, shuffle, seed, weights=None):
-        super().__init__()
         self.left, self.right, self.y = left, right, y
         self.weights = weights
         self.batch_size, self.shuffle = batch_size, shuffle
         self.rng = np.random.default_rng(seed)
-        self._make_batches()
+        self.batches = self._make_batches()
 
     def _make_batches(self):
         lengths = np.array([max(len(a), len(b)) for a, b in zip(self.left, self.right)])
         noise = self.rng.uniform(0, 1, len(lengths)) if self.shuffle else 0
         order = np.argsort(lengths + noise, kind="stable")
-        self.batches = [
-            order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)
-        ]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.shuffle:
-            self.rng.shuffle(self.batches)
+            self.rng.shuffle(batches)
+        return batches
 
     def __len__(self):
         return len(self.batches)
 
-    def __getitem__(self, i):
-        idx = self.batches[i]
-        x = {
-            "left_ids": tokenization.pad([self.left[j] for j in idx]),
-            "right_ids": tokenization.pad([self.right[j] for j in idx]),
-        }
-        if self.y is None:
-            return (x,)
-        if self.weights is not None:
-            return x, self.y[idx], self.weights[idx]
-        return x, self.y[idx]
-
-    def on_epoch_end(self):
+    def _generate(self):
+        batches = self.batches
         if self.shuffle:
-            self._make_batches()
+            # A new order (and new length buckets) every epoch.
+            self.batches = self._make_batches()
+        for idx in batches:
+            x = {
+                "left_ids": tokenization.pad([self.left[j] for j in idx]),
+                "right_ids": tokenization.pad([self.right[j] for j in idx]),
+            }
+            if self.y is None:
+                yield (x,)
+            elif self.weights is not None:
+                yield x, self.y[idx], self.weights[idx]
+            else:
+                yield x, self.y[idx]
+
+    def dataset(self):
+        import tensorflow as tf
+
+        ids = tf.TensorSpec([None, None], tf.int32)
+        signature = [{"left_ids": ids, "right_ids": ids}]
+        if self.y is not None:
+            signature.append(tf.TensorSpec([None], tf.float32))
+        if self.weights is not None:
+            signature.append(tf.TensorSpec([None], tf.float32))
+        return tf.data.Dataset.from_generator(
+            self._generate, output_signature=tuple(signature)
+        ).prefetch(2)
 
 
 def _split(pairs: data_lib.Pairs, seed: int) -> tuple[data_lib.Pairs, data_lib.Pairs]:
@@ -236,15 +252,15 @@ def train(cfg: TrainConfig) -> ModelMetadata:
         )
     ]
     history = siamese.fit(
-        tr,
-        validation_data=va,
+        tr.dataset(),
+        validation_data=va.dataset(),
         epochs=cfg.epochs,
         callbacks=callbacks,
         verbose=1 if sys.stderr.isatty() else 2,
     )
     train_s = time.time() - started
-    val_scores = siamese.predict(va, verbose=0)
     order = np.concatenate(va.batches)
+    val_scores = siamese.predict(va.dataset(), verbose=0)
     scores = np.empty(len(order), dtype=np.float32)
     scores[order] = np.asarray(val_scores).reshape(-1)
     threshold, _ = metrics.find_best_f1_and_threshold(scores, val_pairs.labels)

@@ -1,0 +1,120 @@
+"""`pairscore train`, `evaluate` and `default-model` through the CLI on small real files."""
+
+import csv
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from model.config import check_model_dir
+from model.predict import Scorer
+from pipeline.cli import main
+
+TOPICS = ["python", "laptops", "bikes", "gardens", "printers", "routers", "soup", "cats"]
+
+
+def labelled_pairs(n=64, seed=0):
+    """Duplicates reuse the topic word, non-duplicates pair two topics: learnable."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        t = TOPICS[i % len(TOPICS)]
+        if i % 2:
+            rows.append((f"q{i}", f"how do i fix {t}", f"what is the way to repair {t}", 1))
+        else:
+            other = TOPICS[(i + 1 + rng.integers(len(TOPICS) - 1)) % len(TOPICS)]
+            rows.append((f"q{i}", f"how do i fix {t}", f"what is the way to repair {other}", 0))
+    return rows
+
+
+def write_parquet(path, rows, similarity=None):
+    ids, a, b, y = zip(*rows)
+    cols = {"pair_id": list(ids), "text_a": list(a), "text_b": list(b),
+            "label": pa.array(y, pa.int8())}
+    if similarity is not None:
+        cols["label"] = pa.array([-1] * len(rows), pa.int8())
+        cols["similarity"] = pa.array(similarity, pa.float32())
+    pq.write_table(pa.table(cols), path)
+
+
+def test_train_bilstm_from_csv_then_evaluate(tmp_path, capsys):
+    rows = labelled_pairs()
+    train = tmp_path / "train.csv"
+    with open(train, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "question1", "question2", "is_duplicate"])
+        w.writerows(rows)
+    out = tmp_path / "model"
+    rc = main([
+        "train", "--train", str(train), "--encoder", "bilstm", "--distance", "l1",
+        "--output", str(out), "--epochs", "2", "--batch-size", "16", "--lstm-units", "8",
+        "--glove-extra-words", "100", "--seed", "3", "--text-a-column", "question1",
+        "--text-b-column", "question2", "--label-column", "is_duplicate",
+    ])
+    assert rc == 0
+    meta = check_model_dir(str(out))
+    assert meta.encoder == "bilstm" and meta.distance == "l1"
+    assert 0.0 <= meta.threshold <= 1.0
+    assert meta.metrics["validation"]["n"] == len(rows) // 10
+    assert meta.training["epochs_run"] >= 1
+    assert meta.training["data_fingerprint"]
+    capsys.readouterr()
+
+    dev = tmp_path / "dev.tsv"
+    with open(dev, "w") as f:
+        f.write("text_a\ttext_b\tlabel\n")
+        for _, a, b, y in rows[:20]:
+            f.write(f"{a}\t{b}\t{y}\n")
+    assert main(["evaluate", "--model", str(out), "--data", str(dev)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("n", "accuracy", "precision", "recall", "f1", "roc_auc", "best_f1_threshold"):
+        assert key in result
+    assert result["n"] == 20
+    assert result["threshold"] == pytest.approx(meta.threshold)
+
+
+def test_train_tiny_bert_with_validation_file(tmp_path, capsys):
+    rows = labelled_pairs(48)
+    train, val = tmp_path / "train.parquet", tmp_path / "val.parquet"
+    write_parquet(train, rows[:32])
+    write_parquet(val, rows[32:])
+    out = tmp_path / "bert"
+    rc = main([
+        "train", "--train", str(train), "--validation", str(val), "--encoder", "bert",
+        "--pooling", "cls", "--distance", "concat", "--output", str(out), "--epochs", "1",
+        "--batch-size", "8", "--max-length", "16", "--bert-tiny",
+    ])
+    assert rc == 0
+    meta = check_model_dir(str(out))
+    assert (meta.encoder, meta.pooling, meta.max_length) == ("bert", "cls", 16)
+    assert meta.metrics["validation"]["n"] == 16
+    assert meta.training["config"]["learning_rate"] == pytest.approx(2e-5)
+    scores = Scorer(str(out)).score(["a b c"], ["a b c"])
+    assert scores.shape == (1,)
+
+
+def test_train_rejects_unlabelled_data(tmp_path):
+    train = tmp_path / "graded.parquet"
+    write_parquet(train, labelled_pairs(8), similarity=[1.0] * 8)
+    with pytest.raises(ValueError, match="binary labels"):
+        main(["train", "--train", str(train), "--output", str(tmp_path / "m")])
+
+
+def test_unknown_distance_is_rejected_with_allowed_values(tmp_path):
+    train = tmp_path / "t.parquet"
+    write_parquet(train, labelled_pairs(8))
+    with pytest.raises(ValueError, match="allowed: 'l1', 'concat', 'cosine', 'manhattan', 'sbert'"):
+        main(["train", "--train", str(train), "--distance", "euclid",
+              "--output", str(tmp_path / "m")])
+
+
+def test_evaluate_graded_data_reports_spearman(tmp_path, bilstm_model, capsys):
+    rows = labelled_pairs(30)
+    data = tmp_path / "graded.parquet"
+    write_parquet(data, rows, similarity=list(np.linspace(0, 5, len(rows))))
+    assert main(["evaluate", "--model", bilstm_model, "--data", str(data)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert -1.0 <= result["spearman"] <= 1.0
+    assert "accuracy" not in result
