@@ -16,11 +16,21 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
 from pipeline.packing import PackedBatch
 
 log = logging.getLogger("pairscore.handler")
+# Attempts per model call before the bundle fails. The local FnApiRunner never retries a
+# failed bundle (apache/beam#18640) and Dataflow retries a whole work item, so a transient
+# error (a GPU hiccup, a dead model-server process) is retried here, per batch.
+SCORE_ATTEMPTS = 3
+SCORE_BACKOFF_S = 0.5
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory passed the checks but TensorFlow cannot load it."""
 
 
 def local_model_dir(model_dir: str) -> str:
@@ -67,11 +77,16 @@ class LoadedPairModel:
 
         self.device = configure_devices()
         started = time.time()
-        self._model = tf.saved_model.load(local_model_dir(model_dir))
-        sig = self._model.signatures
-        self._serve = sig["serving_default"]
-        self._encode = sig["encode"]
-        self._score_embeddings = sig["score_embeddings"]
+        try:
+            self._model = tf.saved_model.load(local_model_dir(model_dir))
+            sig = self._model.signatures
+            self._serve = sig["serving_default"]
+            self._encode = sig["encode"]
+            self._score_embeddings = sig["score_embeddings"]
+        except Exception as e:  # noqa: BLE001  (TF raises many types; name the model)
+            raise ModelLoadError(
+                f"cannot load the model in {model_dir}: {type(e).__name__}: {e}"
+            ) from e
         log.info("loaded model %s on %s in %.1fs", model_dir, self.device, time.time() - started)
 
     def score(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -106,6 +121,8 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
         # Test-only fault injection: the first call that finds this file missing creates
         # it and raises, so a retry must succeed (see tests/test_faults.py).
         self._fail_once_marker = fail_once_marker
+        self._attempts = SCORE_ATTEMPTS
+        self._backoff_s = SCORE_BACKOFF_S
 
     def load_model(self) -> LoadedPairModel:
         return LoadedPairModel(self._model_dir)
@@ -116,13 +133,32 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
         model: LoadedPairModel,
         inference_args: dict | None = None,
     ) -> Iterable[PackedBatch]:
+        # A list, not a generator: nothing is emitted until every batch is scored.
+        return [self._score(packed, model) for packed in batch]
+
+    def _score(self, packed: PackedBatch, model: LoadedPairModel) -> PackedBatch:
+        attempt = 1
+        while True:
+            try:
+                self._inject_failure()
+                packed.scores = model.score(packed.left, packed.right)
+                return packed
+            except Exception as e:  # noqa: BLE001
+                if attempt >= self._attempts:
+                    raise
+                Metrics.counter("pairscore", "score_retries").inc()
+                log.warning(
+                    "scoring a batch of %d pairs failed (attempt %d of %d), retrying: %s: %s",
+                    len(packed), attempt, self._attempts, type(e).__name__, e,
+                )
+                time.sleep(self._backoff_s * 2 ** (attempt - 1))
+                attempt += 1
+
+    def _inject_failure(self) -> None:
         if self._fail_once_marker and not os.path.exists(self._fail_once_marker):
             with open(self._fail_once_marker, "w") as f:
                 f.write("failed once\n")
             raise RuntimeError("injected scoring failure (test hook)")
-        for packed in batch:
-            packed.scores = model.score(packed.left, packed.right)
-            yield packed
 
     def get_num_bytes(self, batch: Sequence[PackedBatch]) -> int:
         return sum(p.left.nbytes + p.right.nbytes for p in batch)

@@ -1,6 +1,10 @@
 """Storage around the job: checks before any work, output layout, summary and _SUCCESS.
 
 Everything goes through Beam's `FileSystems`, so local paths, gs:// and s3:// behave alike.
+
+While the job runs, Beam writes under OUT/_staging/ (a leading underscore hides it from
+Parquet dataset readers such as pyarrow, Spark and Hive). Only after the rows add up are
+the files moved to OUT/labels/ and OUT/rejects/, then summary.json and _SUCCESS written.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import posixpath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io import parquetio
 from apache_beam.io.filesystems import FileSystems
 
 LABELS = "labels"
 REJECTS = "rejects"
 SUMMARY = "summary.json"
 SUCCESS = "_SUCCESS"
+STAGING = "_staging"
 
 
 class JobError(Exception):
@@ -56,11 +62,13 @@ def scan_inputs(pattern: str) -> InputScan:
         raise JobError(f"input {pattern}: cannot list files ({e})") from None
     files = sorted(m.path for m in matched if not m.path.endswith("/"))
     if not files:
+        if not any(c in pattern for c in "*?["):
+            raise JobError(f"input {pattern} does not exist")
         raise JobError(f"input pattern {pattern} matches no files")
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         footers = list(pool.map(_footer, files))
     schema, rows = footers[0][0], 0
-    for path, (other, n) in zip(files, footers):
+    for path, (other, n) in zip(files, footers, strict=True):
         rows += n
         if not other.remove_metadata().equals(schema.remove_metadata()):
             raise JobError(
@@ -101,8 +109,9 @@ def prepare_output(output: str, overwrite: bool) -> None:
     # _SUCCESS first, so that a reader never sees it beside a half-cleared output; then
     # files before the directories holding them.
     stale = [join(output, SUCCESS), join(output, SUMMARY)]
-    stale += [m.path for m in _match(join(output, LABELS, "*")) + _match(join(output, REJECTS, "*"))]
-    stale += [join(output, LABELS), join(output, REJECTS)]
+    for kind in (LABELS, REJECTS, STAGING):
+        stale += [m.path for m in _match(join(output, kind, "*"))]
+    stale += [join(output, LABELS), join(output, REJECTS), join(output, STAGING)]
     for path in stale:
         if not (FileSystems.exists(path) or FileSystems.exists(path + "/")):
             continue
@@ -129,6 +138,54 @@ def _match(pattern: str) -> list:
 
 def output_files(output: str, kind: str) -> list[str]:
     return sorted(m.path for m in _match(join(output, kind, "*.parquet")))
+
+
+def staging(output: str) -> str:
+    """Where the job writes; `publish` moves the files into place once they add up."""
+    return join(output, STAGING)
+
+
+def publish(output: str) -> None:
+    """Move the staged labels and rejects into OUT/labels/ and OUT/rejects/."""
+    sources, targets = [], []
+    for kind in (LABELS, REJECTS):
+        files = output_files(staging(output), kind)
+        sources += files
+        targets += [join(output, kind, basename(f)) for f in files]
+        if "://" not in output and not FileSystems.exists(join(output, kind)):
+            FileSystems.mkdirs(join(output, kind))  # object stores have no directories
+    if sources:
+        FileSystems.rename(sources, targets)
+    try:
+        FileSystems.delete([staging(output)])
+    except Exception:  # noqa: BLE001  (object stores: nothing left to delete)
+        if _match(join(staging(output), "*")):
+            raise
+
+
+class _ParquetSource(parquetio._ParquetSource):
+    """Beam's Parquet source, whose read errors name the file (pyarrow's do not)."""
+
+    def read_records(self, file_name, range_tracker):
+        try:
+            yield from super().read_records(file_name, range_tracker)
+        except Exception as e:  # noqa: BLE001  (pyarrow raises several types for bad data)
+            raise InputReadError(
+                f"{file_name}: cannot read Parquet data ({type(e).__name__}: {e})"
+            ) from e
+
+
+class InputReadError(IOError):
+    """An input file passed the footer check but its data cannot be read."""
+
+
+class ReadPairs(parquetio.ReadFromParquetBatched):
+    """`ReadFromParquetBatched` (pyarrow Tables, one per row group) naming the file in
+    its errors: a footer can be fine while a data page is corrupt."""
+
+    def __init__(self, file_pattern: str, validate: bool = True):
+        super().__init__(file_pattern, validate=validate)
+        self._source = _ParquetSource(file_pattern, validate=validate)
 
 
 def read_output_column(paths: list[str], column: str) -> pa.ChunkedArray:

@@ -19,7 +19,7 @@ import time
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadFromParquetBatched, WriteToParquetBatched
+from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import (
@@ -211,24 +211,27 @@ class ValidateFn(beam.DoFn):
 
 class RebatchFn(beam.DoFn):
     """Gather small tables (row groups can be tiny) into ones of about `rows` rows, so
-    that sorting by length inside each has enough rows to make padding small."""
+    that sorting by length inside each has enough rows to make padding small. Holds at
+    most about `max_bytes` of input, so that rows of long texts do not pile up."""
 
-    def __init__(self, rows: int):
+    def __init__(self, rows: int, max_bytes: int = 64 << 20):
         self.rows = rows
+        self.max_bytes = max_bytes
 
     def start_bundle(self):
-        self.buffer, self.count = [], 0
+        self.buffer, self.count, self.bytes = [], 0, 0
 
     def process(self, table):
         self.buffer.append(table)
         self.count += table.num_rows
-        if self.count >= self.rows:
+        self.bytes += table.nbytes
+        if self.count >= self.rows or self.bytes >= self.max_bytes:
             yield from self._flush()
 
     def _flush(self):
         if self.buffer:
             table = pa.concat_tables(self.buffer, promote_options="permissive")
-            self.buffer, self.count = [], 0
+            self.buffer, self.count, self.bytes = [], 0, 0
             for start in range(0, table.num_rows, self.rows):
                 yield table.slice(start, self.rows)
 
@@ -347,14 +350,14 @@ class WriteResults(beam.PTransform):
         return {
             "labels": results["labels"]
             | "WriteLabels" >> WriteToParquetBatched(
-                join(cfg.output, pio.LABELS, "part"),
+                join(pio.staging(cfg.output), pio.LABELS, "part"),
                 schema=cfg.label_schema,
                 file_name_suffix=".parquet",
             ),
             "rejects": results["rejects"]
             | "ConformRejects" >> beam.Map(_conform, cfg.reject_schema)
             | "WriteRejects" >> WriteToParquetBatched(
-                join(cfg.output, pio.REJECTS, "part"),
+                join(pio.staging(cfg.output), pio.REJECTS, "part"),
                 schema=cfg.reject_schema,
                 file_name_suffix=".parquet",
             ),
@@ -366,7 +369,7 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def build(p: beam.Pipeline, cfg: JobConfig, dry_run: bool = False):
-    tables = p | "ReadPairs" >> ReadFromParquetBatched(cfg.input, validate=not dry_run)
+    tables = p | "ReadPairs" >> pio.ReadPairs(cfg.input, validate=not dry_run)
     return tables | "ScorePairs" >> ScorePairs(cfg) | "WriteResults" >> WriteResults(cfg)
 
 
@@ -396,9 +399,10 @@ def _counters(result: PipelineResult) -> dict:
 
 
 def finalize(cfg: JobConfig, result: PipelineResult, runner: str, elapsed: float) -> dict:
-    """Count what was written, write summary.json; write _SUCCESS only if nothing is lost."""
-    label_files = pio.output_files(cfg.output, pio.LABELS)
-    reject_files = pio.output_files(cfg.output, pio.REJECTS)
+    """Count what was written; if nothing is lost, move it into place and write
+    summary.json, then _SUCCESS. Otherwise leave it staged, write summary.json and fail."""
+    label_files = pio.output_files(pio.staging(cfg.output), pio.LABELS)
+    reject_files = pio.output_files(pio.staging(cfg.output), pio.REJECTS)
     scored = pio.count_rows(label_files)
     rejected = pio.count_rows(reject_files)
     dup = pio.read_output_column(label_files, "is_duplicate")
@@ -426,12 +430,15 @@ def finalize(cfg: JobConfig, result: PipelineResult, runner: str, elapsed: float
         "counters": _counters(result),
     }
     summary["invariant_holds"] = cfg.rows_in == scored + rejected
-    pio.write_json(pio.join(cfg.output, pio.SUMMARY), summary)
     if not summary["invariant_holds"]:
+        pio.write_json(pio.join(cfg.output, pio.SUMMARY), summary)
         raise JobError(
             f"rows lost: rows_in {cfg.rows_in} != scored {scored} + rejected {rejected}; "
-            f"{pio.SUCCESS} not written (see {pio.join(cfg.output, pio.SUMMARY)})"
+            f"{pio.SUCCESS} not written, output left in {pio.staging(cfg.output)} "
+            f"(see {pio.join(cfg.output, pio.SUMMARY)})"
         )
+    pio.publish(cfg.output)
+    pio.write_json(pio.join(cfg.output, pio.SUMMARY), summary)
     pio.write_text(pio.join(cfg.output, pio.SUCCESS), "")
     return summary
 
@@ -455,10 +462,16 @@ def run(argv=None, save_main_session=False, test_pipeline=None) -> PipelineResul
     p = test_pipeline or beam.Pipeline(options=options)
     build(p, cfg, dry_run=dry_run)
     started = time.time()
-    result = p.run()
     if dry_run:
-        return result
-    result.wait_until_finish()
+        return p.run()
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as e:
+        # The runner has logged the traceback; the user gets one line naming the cause.
+        raise JobError(
+            f"the job failed, {pio.SUCCESS} not written: {type(e).__name__}: {e}"
+        ) from e
     summary = finalize(cfg, result, runner.rsplit(".", 1)[-1], time.time() - started)
     log.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k != "counters"}))
     result.summary = summary

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tokenizers import Tokenizer
 
 from model import tokenization
@@ -29,11 +31,67 @@ class PackedBatch:
         return int(self.left.size + self.right.size)
 
 
+# Characters of text read per token of max_length before tokenizing. Truncation happens
+# after the tokenizer has split the whole text (keeping the rest as "overflowing"
+# encodings): a 1 MB text costs about 1 s and 30 MB, so long texts are clipped first.
+CLIP_CHARS_PER_TOKEN = 16
+# Characters after which the BERT normalizer and pre-tokenizer always end a word:
+# whitespace, ASCII punctuation and CJK ideographs (each its own word). Clipping right
+# after one keeps the clipped text's tokens a prefix of the whole text's tokens.
+_BOUNDARY = (
+    " \t\n\r\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000"
+    "!-/:-@\\[-`{-~"
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+)
+_LAST_WORD = re.compile(f"[{_BOUNDARY}][^{_BOUNDARY}]*\\Z")
+
+
+def _clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, just after a word boundary if there is
+    one (else the cut word is longer than any vocabulary word and is [UNK] either way)."""
+    head = text[:limit]
+    cut = _LAST_WORD.search(head)
+    return head[: cut.start() + 1] if cut else head
+
+
+def encode_texts(tokenizer: Tokenizer, column) -> list[np.ndarray]:
+    """Token ids per text, exactly as `tokenizer` (truncating at its max_length) gives
+    for the whole text, but reading only as much of a long text as the ids need."""
+    max_length = (tokenizer.truncation or {}).get("max_length")
+    if max_length is None:
+        return tokenization.encode_batch(tokenizer, column.to_pylist())
+    limit = max_length * CLIP_CHARS_PER_TOKEN
+    lengths = pc.fill_null(pc.utf8_length(column), 0).to_numpy(zero_copy_only=False)
+    # Slice in Arrow so that only the head of a long text becomes a Python string.
+    texts = pc.utf8_slice_codeunits(column, 0, limit).to_pylist()
+    clipped = np.flatnonzero(lengths > limit)
+    for i in clipped:
+        texts[i] = _clip(texts[i], limit)
+    ids = tokenization.encode_batch(tokenizer, texts)
+    # A clipped text that gives fewer than max_length ids (long runs of spaces or
+    # control characters) may have lost some: read more of it, up to all of it.
+    while True:
+        clipped = clipped[[len(ids[i]) < max_length for i in clipped]]
+        if not len(clipped):
+            return ids
+        limit *= 16
+        heads = pc.utf8_slice_codeunits(column.take(pa.array(clipped)), 0, limit).to_pylist()
+        again = [
+            _clip(h, limit) if lengths[i] > limit else h
+            for i, h in zip(clipped, heads, strict=True)
+        ]
+        for i, row in zip(clipped, tokenization.encode_batch(tokenizer, again), strict=True):
+            ids[i] = row
+        clipped = clipped[lengths[clipped] > limit]
+
+
 def token_lengths(ids: list[np.ndarray]) -> np.ndarray:
     return np.fromiter((len(r) for r in ids), dtype=np.int64, count=len(ids))
 
 
-def plan_batches(lengths: np.ndarray, max_batch_size: int, max_batch_tokens: int) -> list[np.ndarray]:
+def plan_batches(
+    lengths: np.ndarray, max_batch_size: int, max_batch_tokens: int
+) -> list[np.ndarray]:
     """Row indices per batch: rows sorted by length, cut so that each batch's padded size
     (rows x longest row) stays within `max_batch_tokens` and `max_batch_size` rows."""
     order = np.argsort(lengths, kind="stable")
@@ -64,8 +122,8 @@ def pack_table(
     `min_tokens` is the number of special tokens the tokenizer always adds: a row whose
     text gives no more than that has nothing to score.
     """
-    left = tokenization.encode_batch(tokenizer, table[text_columns[0]].to_pylist())
-    right = tokenization.encode_batch(tokenizer, table[text_columns[1]].to_pylist())
+    left = encode_texts(tokenizer, table[text_columns[0]])
+    right = encode_texts(tokenizer, table[text_columns[1]])
     len_l, len_r = token_lengths(left), token_lengths(right)
     empty = (len_l <= min_tokens) | (len_r <= min_tokens)
     no_tokens = None

@@ -7,28 +7,64 @@ import pyarrow.compute as pc
 
 REASON = "reason"
 # In the order they are checked: a row gets the first reason that applies.
-REASONS = ("null_id", "null_text", "empty_text", "invalid_text", "no_tokens")
+REASONS = ("null_id", "empty_id", "null_text", "empty_text", "invalid_text", "no_tokens")
 
 
-def _blank(column: pa.ChunkedArray) -> pa.ChunkedArray:
+def _blank(column) -> pa.ChunkedArray:
     return pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)
+
+
+def _is_text(column) -> bool:
+    return pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+
+
+def invalid_utf8(column) -> pa.Array | None:
+    """Mask of values that are not valid UTF-8, or None when all are valid.
+
+    Arrow trusts Parquet's string annotation, so bytes written by another producer
+    (e.g. a lone surrogate encoded as CESU-8/WTF-8) arrive unchecked, and every
+    string kernel and `to_pylist()` then raises for the whole batch.
+    """
+    if not _is_text(column):
+        return None
+    try:
+        column.validate(full=True)
+        return None
+    except pa.ArrowInvalid:
+        pass
+    large = pa.types.is_large_string(column.type)
+    binary = column.cast(pa.large_binary() if large else pa.binary())
+    return pa.array([v is not None and not _decodes(v) for v in binary.to_pylist()], pa.bool_())
+
+
+def _decodes(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 def validate_table(
     table: pa.Table, id_column: str, text_columns: tuple[str, str]
 ) -> tuple[pa.Table, pa.Table]:
     """(valid rows, rejected rows + `reason`). Every input row lands in exactly one."""
+    ids = table[id_column]
+    texts = [table[c] for c in text_columns]
+    invalid = pa.array([False] * table.num_rows, pa.bool_())
+    for i, column in enumerate(texts):
+        mask = invalid_utf8(column)
+        if mask is not None:
+            invalid = pc.or_(invalid, mask)
+            # Placeholder so that the string checks below can run on the other rows.
+            texts[i] = pc.if_else(mask, pa.scalar("?", column.type), column)
+    checks = [("null_id", pc.is_null(ids))]
+    if _is_text(ids):
+        checks.append(("empty_id", _blank(ids)))
+    checks.append(("null_text", pc.or_(pc.is_null(texts[0]), pc.is_null(texts[1]))))
+    checks.append(("empty_text", pc.or_(_blank(texts[0]), _blank(texts[1]))))
+    checks.append(("invalid_text", invalid))
     reason = pa.nulls(table.num_rows, pa.string())
-    checks = [("null_id", pc.is_null(table[id_column]))]
-    checks.append(
-        ("null_text", pc.or_(pc.is_null(table[text_columns[0]]), pc.is_null(table[text_columns[1]])))
-    )
-    checks.append(
-        (
-            "empty_text",
-            pc.or_(_blank(table[text_columns[0]]), _blank(table[text_columns[1]])),
-        )
-    )
     for name, mask in checks:
         mask = pc.fill_null(mask, False)
         reason = pc.if_else(pc.and_(mask, pc.is_null(reason)), name, reason)
