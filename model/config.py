@@ -141,7 +141,11 @@ def read_metadata(model_dir: str) -> ModelMetadata:
 def check_model_dir(model_dir: str) -> ModelMetadata:
     """Fail fast, naming what is missing, when `model_dir` breaks the contract."""
     fs = _fs()
-    if not fs.exists(model_dir.rstrip("/") + "/") and not fs.exists(model_dir):
+    prefix = model_dir.rstrip("/") + "/"
+    # On gs:// and s3:// a directory is only a key prefix: no object is named after it.
+    if not (
+        fs.exists(prefix) or fs.exists(model_dir) or fs.match([prefix + "*"])[0].metadata_list
+    ):
         raise ModelDirError(f"model directory {model_dir} does not exist")
     missing = [name for name in REQUIRED_FILES if not fs.exists(join(model_dir, name))]
     if not fs.match([join(model_dir, "variables", "*")])[0].metadata_list:
