@@ -64,11 +64,18 @@ def _evaluate(argv: list[str]) -> int:
     p.add_argument("--label-column", default="label")
     p.add_argument("--similarity-column", default="similarity")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--report", metavar="OUT",
+                   help="also write OUT/report.html (self-contained) and the figures as PNGs")
     args = p.parse_args(argv)
     from model.evaluate import evaluate
 
     result = evaluate(args.model, args.data, args.text_a_column, args.text_b_column,
                       args.label_column, args.similarity_column, args.batch_size)
+    if args.report:
+        from model.report import REPORT_FILE, write_report
+
+        write_report(result, args.report)
+        result["report"] = os.path.join(args.report, REPORT_FILE)
     for key in ("scores", "labels", "similarity"):
         result.pop(key, None)
     print(json.dumps(result, indent=2))

@@ -1,0 +1,275 @@
+"""An evaluation report people can look at: figures as PNGs and one self-contained HTML page.
+
+    pairscore evaluate --model models/m --data dev.parquet --report out/report
+
+writes ``out/report/report.html`` (every image embedded as base64, so the file can be
+mailed or attached to a ticket) beside the PNGs and ``metrics.json``. Binary data gets the
+precision-recall and ROC curves, score histograms by true label with the threshold marked
+and the confusion matrix at the threshold; graded data a scatter of score against
+similarity with Spearman's rho. Both get the metrics table.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import os
+
+import numpy as np
+
+REPORT_FILE = "report.html"
+METRICS_FILE = "metrics.json"
+# File stem -> caption. The stems are the report's public names (tests and users rely on
+# them), so keep them stable.
+BINARY_FIGURES = {
+    "pr_curve": "Precision-recall curve",
+    "roc_curve": "ROC curve",
+    "score_histogram": "Scores by true label",
+    "confusion_matrix": "Confusion matrix at the threshold",
+}
+GRADED_FIGURES = {"score_vs_similarity": "Score against graded similarity"}
+TABLE_KEYS = (
+    "n",
+    "threshold",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "roc_auc",
+    "average_precision",
+    "majority_accuracy",
+    "best_f1",
+    "best_f1_threshold",
+    "spearman",
+    "pearson",
+)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
+def _pr_curve(scores, labels, threshold, path):
+    from sklearn import metrics
+
+    plt = _pyplot()
+    precision, recall, _ = metrics.precision_recall_curve(labels, scores)
+    ap = metrics.average_precision_score(labels, scores)
+    predicted = scores >= threshold
+    p_at = metrics.precision_score(labels, predicted, zero_division=0)
+    r_at = metrics.recall_score(labels, predicted, zero_division=0)
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    ax.plot(recall, precision, lw=2, label=f"AP = {ap:.3f}")
+    ax.axhline(labels.mean(), color="grey", ls=":", label=f"base rate {labels.mean():.2f}")
+    ax.plot([r_at], [p_at], "o", color="C3", label=f"threshold {threshold:.3f}")
+    ax.set(
+        xlabel="Recall",
+        ylabel="Precision",
+        xlim=(0, 1.01),
+        ylim=(0, 1.02),
+        title="Precision-recall",
+    )
+    ax.legend(loc="lower left")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return float(ap)
+
+
+def _roc_curve(scores, labels, threshold, path):
+    from sklearn import metrics
+
+    plt = _pyplot()
+    fpr, tpr, _ = metrics.roc_curve(labels, scores)
+    auc = metrics.roc_auc_score(labels, scores)
+    predicted = scores >= threshold
+    tpr_at = predicted[labels == 1].mean()
+    fpr_at = predicted[labels == 0].mean()
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    ax.plot(fpr, tpr, lw=2, label=f"ROC-AUC = {auc:.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", label="chance")
+    ax.plot([fpr_at], [tpr_at], "o", color="C3", label=f"threshold {threshold:.3f}")
+    ax.set(
+        xlabel="False positive rate",
+        ylabel="True positive rate",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title="ROC",
+    )
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def _histogram(scores, labels, threshold, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    bins = np.linspace(0, 1, 41)
+    for value, name, color in ((0, "not duplicate", "C0"), (1, "duplicate", "C1")):
+        part = scores[labels == value]
+        ax.hist(part, bins=bins, alpha=0.55, color=color, label=f"{name} (n={len(part)})")
+    ax.axvline(threshold, color="C3", ls="--", lw=2, label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="Score", ylabel="Pairs", xlim=(0, 1), title="Scores by true label")
+    ax.legend(loc="upper left")
+    _save(fig, path)
+
+
+def _confusion(scores, labels, threshold, path):
+    from sklearn import metrics
+
+    plt = _pyplot()
+    matrix = metrics.confusion_matrix(labels, (scores >= threshold).astype(int), labels=[0, 1])
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.imshow(matrix, cmap="Blues")
+    names = ["not duplicate", "duplicate"]
+    ax.set_xticks([0, 1], names)
+    ax.set_yticks([0, 1], names, rotation=90, va="center")
+    ax.set(xlabel="Predicted", ylabel="True", title=f"Confusion at threshold {threshold:.3f}")
+    total = matrix.sum() or 1
+    for (i, j), count in np.ndenumerate(matrix):
+        dark = count > matrix.max() / 2
+        ax.text(
+            j,
+            i,
+            f"{count}\n{100 * count / total:.1f}%",
+            ha="center",
+            va="center",
+            fontsize=12,
+            color="white" if dark else "black",
+        )
+    _save(fig, path)
+    return matrix.tolist()
+
+
+def _scatter(scores, similarity, spearman, path):
+    plt = _pyplot()
+    rng = np.random.default_rng(0)
+    # Graded sets hold many tied similarities: jitter so that the density shows.
+    span = float(np.ptp(similarity)) or 1.0
+    jitter = rng.uniform(-0.015, 0.015, len(similarity)) * span
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(similarity + jitter, scores, s=6, alpha=0.35, color="C0")
+    # Mean score per similarity bucket shows whether the relation is monotone.
+    edges = np.linspace(similarity.min(), similarity.max(), 11)
+    which = np.clip(np.digitize(similarity, edges[1:-1]), 0, len(edges) - 2)
+    centers, means = [], []
+    for b in range(len(edges) - 1):
+        if (which == b).any():
+            centers.append((edges[b] + edges[b + 1]) / 2)
+            means.append(scores[which == b].mean())
+    ax.plot(centers, means, "-o", color="C3", lw=2, label="mean score per bucket")
+    ax.set(
+        xlabel="Graded similarity",
+        ylabel="Score",
+        ylim=(-0.02, 1.02),
+        title=f"Score vs similarity (Spearman rho = {spearman:.3f})",
+    )
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return html.escape(str(value))
+
+
+def _html(title: str, result: dict, figures: dict[str, str], out_dir: str, notes: list[str]):
+    rows = "\n".join(
+        f"<tr><th>{html.escape(k)}</th><td>{_fmt(result[k])}</td></tr>"
+        for k in TABLE_KEYS
+        if k in result
+    )
+    captions = {**BINARY_FIGURES, **GRADED_FIGURES}
+    blocks = []
+    for name in figures:
+        with open(os.path.join(out_dir, f"{name}.png"), "rb") as f:
+            data = base64.b64encode(f.read()).decode("ascii")
+        caption = html.escape(captions[name])
+        blocks.append(
+            f'<figure id="{name}"><img alt="{caption}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{caption} ({name}.png)</figcaption></figure>"
+        )
+    note_html = "".join(f"<p class=note>{html.escape(n)}</p>" for n in notes)
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.8em; text-align: left; }}
+td {{ font-variant-numeric: tabular-nums; }}
+figure {{ display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }}
+img {{ max-width: 100%; }}
+.note {{ color: #a40; }}
+.meta {{ color: #666; font-size: 0.9em; }}
+</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p class=meta>model <code>{html.escape(str(result.get("model")))}</code>,
+data <code>{html.escape(str(result.get("data")))}</code>, written {now}</p>
+{note_html}
+<h2>Metrics</h2>
+<table id="metrics">
+{rows}
+</table>
+<h2>Figures</h2>
+{"".join(blocks)}
+</body></html>
+"""
+
+
+def write_report(result: dict, out_dir: str, title: str | None = None) -> dict[str, str]:
+    """Write the figures, ``metrics.json`` and ``report.html`` for an `evaluate()` result
+    (it must carry ``scores`` and ``labels`` and/or ``similarity``). Returns
+    {figure name: PNG path}; ``report.html`` is at ``out_dir/report.html``."""
+    os.makedirs(out_dir, exist_ok=True)
+    scores = np.asarray(result["scores"], dtype=np.float64)
+    labels = result.get("labels")
+    similarity = result.get("similarity")
+    figures: dict[str, str] = {}
+    notes: list[str] = []
+    summary = {k: v for k, v in result.items() if k not in ("scores", "labels", "similarity")}
+
+    def path(name):
+        figures[name] = os.path.join(out_dir, f"{name}.png")
+        return figures[name]
+
+    if labels is not None:
+        labels = np.asarray(labels).astype(int)
+        threshold = float(result["threshold"])
+        if len(set(labels.tolist())) == 2:
+            summary["average_precision"] = _pr_curve(scores, labels, threshold, path("pr_curve"))
+            _roc_curve(scores, labels, threshold, path("roc_curve"))
+        else:
+            notes.append("Only one class in the labels: no precision-recall or ROC curve.")
+        _histogram(scores, labels, threshold, path("score_histogram"))
+        summary["confusion_matrix"] = _confusion(
+            scores, labels, threshold, path("confusion_matrix")
+        )
+    if similarity is not None:
+        similarity = np.asarray(similarity, dtype=np.float64)
+        _scatter(scores, similarity, float(result["spearman"]), path("score_vs_similarity"))
+    with open(os.path.join(out_dir, METRICS_FILE), "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+        f.write("\n")
+    title = title or f"pairscore evaluation: {os.path.basename(str(result.get('data')))}"
+    page = _html(title, summary, figures, out_dir, notes)
+    with open(os.path.join(out_dir, REPORT_FILE), "w", encoding="utf-8") as f:
+        f.write(page)
+    return figures
