@@ -439,7 +439,9 @@ def finalize(cfg: JobConfig, result: PipelineResult, runner: str, elapsed: float
         )
     pio.publish(cfg.output)
     pio.write_json(pio.join(cfg.output, pio.SUMMARY), summary)
-    pio.write_text(pio.join(cfg.output, pio.SUCCESS), "")
+    # Not empty: Beam's S3 writer cannot create a zero-byte object (S3 rejects a
+    # multipart upload with no parts).
+    pio.write_text(pio.join(cfg.output, pio.SUCCESS), "ok\n")
     return summary
 
 
