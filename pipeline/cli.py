@@ -44,12 +44,32 @@ def _train(argv: list[str]) -> int:
     p.add_argument("--dropout", type=float, default=0.0, help="dropout on the head's input")
     p.add_argument("--warmup-ratio", type=float, default=0.0,
                    help="linear warm-up share of steps, then cosine decay (0 = constant)")
+    p.add_argument("--freeze-epochs", type=int, default=0, metavar="N",
+                   help="train the head only for the first N epochs, then unfreeze the encoder")
+    p.add_argument("--head-learning-rate", type=float, default=1e-3,
+                   help="learning rate while the encoder is frozen (--freeze-epochs)")
+    p.add_argument("--class-weight", metavar="balanced|none|0:W0,1:W1",
+                   help="weight the loss per class; 'balanced' = n / (2 * n_class)")
+    p.add_argument("--select-metric", default="val_loss",
+                   help="keep the epoch best on this: val_loss | val_auc | val_f1 | "
+                   "val_accuracy | val_spearman (also drives early stopping)")
+    p.add_argument("--target", default="label",
+                   help="label (binary column) | similarity (graded / --similarity-max) | "
+                   "threshold (graded >= --duplicate-similarity)")
+    p.add_argument("--similarity-column", default="similarity")
+    p.add_argument("--similarity-max", type=float, default=5.0,
+                   help="top of the graded scale (STS-B and SICK: 5)")
+    p.add_argument("--duplicate-similarity", type=float, default=4.0,
+                   help="graded similarity that counts as a duplicate (threshold target, "
+                   "and the labels the decision threshold is chosen against)")
     p.add_argument("--bert-tiny", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     from model.train import TrainConfig, train
 
     meta = train(TrainConfig(**vars(args)))
     print(json.dumps({"output": args.output, "threshold": meta.threshold,
+                      "best_epoch": meta.training["best_epoch"],
+                      "train_seconds": meta.training["train_seconds"],
                       "validation": meta.metrics["validation"]}, indent=2))
     return 0
 
@@ -137,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\ncommands: " + ", ".join(COMMANDS))
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # Beam and TensorFlow narrate every stage at INFO; keep pairscore's own progress.
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("pairscore").setLevel(logging.INFO)
     return COMMANDS[argv[0]](argv[1:])
 
 
