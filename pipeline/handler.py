@@ -76,6 +76,7 @@ class LoadedPairModel:
         import tensorflow_text  # noqa: F401  (registers the ops score_text uses)
 
         self.device = configure_devices()
+        self.scored_on = None
         started = time.time()
         try:
             self._model = tf.saved_model.load(local_model_dir(model_dir))
@@ -90,7 +91,10 @@ class LoadedPairModel:
         log.info("loaded model %s on %s in %.1fs", model_dir, self.device, time.time() - started)
 
     def score(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self._serve(left_ids=left, right_ids=right)["score"].numpy()
+        out = self._serve(left_ids=left, right_ids=right)["score"]
+        # Where TF placed the call, which is what a GPU run must prove; not the devices seen.
+        self.scored_on = out.device
+        return out.numpy()
 
     def encode(self, ids: np.ndarray) -> np.ndarray:
         return self._encode(ids=ids)["embedding"].numpy()
@@ -99,7 +103,7 @@ class LoadedPairModel:
         return self._score_embeddings(left=left, right=right)["score"].numpy()
 
     def device_name(self) -> str:
-        return self.device
+        return self.scored_on or self.device
 
 
 class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
@@ -134,7 +138,18 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
         inference_args: dict | None = None,
     ) -> Iterable[PackedBatch]:
         # A list, not a generator: nothing is emitted until every batch is scored.
-        return [self._score(packed, model) for packed in batch]
+        scored = [self._score(packed, model) for packed in batch]
+        self._count_device(model, sum(len(p) for p in scored))
+        return scored
+
+    def _count_device(self, model: LoadedPairModel, rows: int) -> None:
+        # Asked once: behind model_copies / large_model each call is a round trip to the
+        # model's process, and a process never changes device.
+        if getattr(self, "_device", None) is None:
+            self._device = model.device_name()
+            log.info("scoring %s on %s", self._model_dir, self._device)
+        kind = "gpu" if ":GPU:" in self._device.upper() else "cpu"
+        Metrics.counter("pairscore", f"rows_scored_on_{kind}").inc(rows)
 
     def _score(self, packed: PackedBatch, model: LoadedPairModel) -> PackedBatch:
         attempt = 1

@@ -34,6 +34,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from model.config import ModelDirError, check_model_dir, join
 from pipeline import io as pio
+from pipeline import profiles
 from pipeline.handler import PairModelHandler
 from pipeline.io import JobError
 from pipeline.packing import label_table, pack_table
@@ -78,6 +79,8 @@ class ScoreOptions(PipelineOptions):
                             default=None, help="model copies per worker (e.g. one per GPU)")
         parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
                             help="batch-size defaults for this device")
+        parser.add_argument("--profile", choices=sorted(profiles.PROFILES), default=None,
+                            help="flag preset, e.g. dataflow-gpu (see docs/dataflow.md)")
         parser.add_argument("--test-fail-once", "--test_fail_once", dest="test_fail_once",
                             default=None, help="test hook: marker file for one injected failure")
 
@@ -373,8 +376,8 @@ def build(p: beam.Pipeline, cfg: JobConfig, dry_run: bool = False):
     return tables | "ScorePairs" >> ScorePairs(cfg) | "WriteResults" >> WriteResults(cfg)
 
 
-def _pipeline_options(argv: list[str]) -> PipelineOptions:
-    options = PipelineOptions(argv)
+def _pipeline_options(argv: list[str] | None) -> PipelineOptions:
+    options = PipelineOptions(profiles.expand(argv) if argv is not None else None)
     std = options.view_as(StandardOptions)
     if std.runner is None:
         std.runner = FNAPI
