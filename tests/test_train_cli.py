@@ -118,3 +118,34 @@ def test_evaluate_graded_data_reports_spearman(tmp_path, bilstm_model, capsys):
     result = json.loads(capsys.readouterr().out)
     assert -1.0 <= result["spearman"] <= 1.0
     assert "accuracy" not in result
+
+
+def test_glove_text_file_initialises_the_embedding(tmp_path):
+    from model import data as data_lib
+    from model.train import TrainConfig, build_model, build_tokenizer
+
+    glove_txt = tmp_path / "glove.txt"
+    glove_txt.write_text("fix 0.5 -1.0 2.0\nlaptops 1.5 0.25 -3.0\nrare 9.0 9.0 9.0\n")
+    cfg = TrainConfig(train="-", output="-", encoder="bilstm", glove=str(glove_txt),
+                      glove_extra_words=1, lstm_units=2)
+    pairs = data_lib.Pairs(["How do I fix laptops?"], ["unknownword"], None, None, "-")
+    tok, matrix = build_tokenizer(cfg, pairs)
+    vocab = tok.get_vocab()
+    np.testing.assert_array_equal(matrix[vocab["fix"]], [0.5, -1.0, 2.0])
+    np.testing.assert_array_equal(matrix[vocab["laptops"]], [1.5, 0.25, -3.0])
+    np.testing.assert_array_equal(matrix[0], [0.0, 0.0, 0.0])  # [PAD]
+    assert "rare" in vocab  # one extra GloVe word, as capped
+    _, encoder, _ = build_model(cfg, matrix)
+    weights = encoder.get_layer("embedding").get_weights()[0]
+    np.testing.assert_array_equal(weights[vocab["fix"]], [0.5, -1.0, 2.0])
+    ids = tok.encode("neverseenword fix").ids
+    assert ids == [vocab["[UNK]"], vocab["fix"]]
+
+
+def test_bad_glove_file_names_the_line(tmp_path):
+    from model import glove
+
+    bad = tmp_path / "g.txt"
+    bad.write_text("ok 1 2\nbroken\n")
+    with pytest.raises(ValueError, match=r"g\.txt:2"):
+        glove.load(str(bad))
