@@ -28,7 +28,7 @@ SIGNATURES = ("serving_default", "encode", "score_embeddings", "score_text")
 PAD_ID = 0
 
 
-class _Choice(str, enum.Enum):
+class _Choice(enum.StrEnum):
     """A string option whose bad value raises a ValueError naming the allowed ones."""
 
     @classmethod
@@ -86,7 +86,7 @@ class ModelMetadata:
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     fingerprint: str = ""
     created_at: str = dataclasses.field(
-        default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat(
+        default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(
             timespec="seconds"
         )
     )

@@ -28,9 +28,9 @@ def export_tiny(
     threshold: float = 0.5,
     seed: int = 0,
 ) -> ModelMetadata:
-    from model.export import export
-
     import keras
+
+    from model.export import export
 
     keras.utils.set_random_seed(seed)
     texts = texts or TEXTS
