@@ -27,6 +27,7 @@ log = logging.getLogger("pairscore.handler")
 # error (a GPU hiccup, a dead model-server process) is retried here, per batch.
 SCORE_ATTEMPTS = 3
 SCORE_BACKOFF_S = 0.5
+PRECISIONS = ("float32", "bfloat16")
 
 
 class ModelLoadError(RuntimeError):
@@ -71,10 +72,18 @@ def configure_devices() -> str:
 class LoadedPairModel:
     """The SavedModel's signatures as plain methods taking and returning numpy arrays."""
 
-    def __init__(self, model_dir: str):
+    def __init__(self, model_dir: str, precision: str = "float32"):
         import tensorflow as tf
         import tensorflow_text  # noqa: F401  (registers the ops score_text uses)
 
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+        if precision == "bfloat16":
+            # Grappler rewrites the float32 graphs to run matmuls in bfloat16 through
+            # oneDNN (AVX512-BF16 / AMX); process-wide, so set before the first call.
+            tf.config.optimizer.set_experimental_options(
+                {"auto_mixed_precision_onednn_bfloat16": True}
+            )
         self.device = configure_devices()
         self.scored_on = None
         started = time.time()
@@ -117,11 +126,13 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
         large_model: bool = False,
         model_copies: int | None = None,
         fail_once_marker: str | None = None,
+        precision: str = "float32",
     ):
         super().__init__(
             min_batch_size=1, max_batch_size=1, large_model=large_model, model_copies=model_copies
         )
         self._model_dir = model_dir
+        self._precision = precision
         # Test-only fault injection: the first call that finds this file missing creates
         # it and raises, so a retry must succeed (see tests/test_faults.py).
         self._fail_once_marker = fail_once_marker
@@ -129,7 +140,7 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
         self._backoff_s = SCORE_BACKOFF_S
 
     def load_model(self) -> LoadedPairModel:
-        return LoadedPairModel(self._model_dir)
+        return LoadedPairModel(self._model_dir, self._precision)
 
     def run_inference(
         self,
@@ -156,8 +167,7 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
         while True:
             try:
                 self._inject_failure()
-                packed.scores = model.score(packed.left, packed.right)
-                return packed
+                return self._apply(packed, model)
             except Exception as e:  # noqa: BLE001
                 if attempt >= self._attempts:
                     raise
@@ -168,6 +178,11 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
                 )
                 time.sleep(self._backoff_s * 2 ** (attempt - 1))
                 attempt += 1
+
+    def _apply(self, packed: PackedBatch, model: LoadedPairModel) -> PackedBatch:
+        """One model call on one batch; unique-text mode's handlers call other signatures."""
+        packed.scores = model.score(packed.left, packed.right)
+        return packed
 
     def _inject_failure(self) -> None:
         if self._fail_once_marker and not os.path.exists(self._fail_once_marker):

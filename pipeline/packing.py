@@ -10,8 +10,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tokenizers import Tokenizer
 
-from model import tokenization
-
 
 @dataclasses.dataclass
 class PackedBatch:
@@ -59,7 +57,7 @@ def encode_texts(tokenizer: Tokenizer, column) -> list[np.ndarray]:
     for the whole text, but reading only as much of a long text as the ids need."""
     max_length = (tokenizer.truncation or {}).get("max_length")
     if max_length is None:
-        return tokenization.encode_batch(tokenizer, column.to_pylist())
+        return _encode(tokenizer, column.to_pylist())
     limit = max_length * CLIP_CHARS_PER_TOKEN
     lengths = pc.fill_null(pc.utf8_length(column), 0).to_numpy(zero_copy_only=False)
     # Slice in Arrow so that only the head of a long text becomes a Python string.
@@ -67,7 +65,7 @@ def encode_texts(tokenizer: Tokenizer, column) -> list[np.ndarray]:
     clipped = np.flatnonzero(lengths > limit)
     for i in clipped:
         texts[i] = _clip(texts[i], limit)
-    ids = tokenization.encode_batch(tokenizer, texts)
+    ids = _encode(tokenizer, texts)
     # A clipped text that gives fewer than max_length ids (long runs of spaces or
     # control characters) may have lost some: read more of it, up to all of it.
     while True:
@@ -80,13 +78,19 @@ def encode_texts(tokenizer: Tokenizer, column) -> list[np.ndarray]:
             _clip(h, limit) if lengths[i] > limit else h
             for i, h in zip(clipped, heads, strict=True)
         ]
-        for i, row in zip(clipped, tokenization.encode_batch(tokenizer, again), strict=True):
+        for i, row in zip(clipped, _encode(tokenizer, again), strict=True):
             ids[i] = row
         clipped = clipped[lengths[clipped] > limit]
 
 
+def _encode(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:
+    # encode_batch_fast gives the same ids as encode_batch without computing character
+    # offsets, which the job never reads: about 20% less tokenizer time.
+    return [np.asarray(e.ids, dtype=np.int32) for e in tokenizer.encode_batch_fast(texts)]
+
+
 def token_lengths(ids: list[np.ndarray]) -> np.ndarray:
-    return np.fromiter((len(r) for r in ids), dtype=np.int64, count=len(ids))
+    return np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
 
 
 def plan_batches(
@@ -95,17 +99,29 @@ def plan_batches(
     """Row indices per batch: rows sorted by length, cut so that each batch's padded size
     (rows x longest row) stays within `max_batch_tokens` and `max_batch_size` rows."""
     order = np.argsort(lengths, kind="stable")
-    batches, start = [], 0
-    n = len(order)
+    ordered = np.asarray(lengths)[order]
+    batches, start, n = [], 0, len(order)
     while start < n:
-        end = start + 1
-        while end < n and end - start < max_batch_size:
-            if (end - start + 1) * lengths[order[end]] > max_batch_tokens:
-                break
-            end += 1
-        batches.append(order[start:end])
-        start = end
+        window = ordered[start : start + max_batch_size]
+        # Sorted ascending, so a batch of the first j rows is j x window[j-1] tokens when
+        # padded; that product never decreases in j, hence a binary search.
+        padded = np.arange(1, len(window) + 1) * window
+        size = max(1, int(np.searchsorted(padded, max_batch_tokens, side="right")))
+        batches.append(order[start : start + size])
+        start += size
     return batches
+
+
+def pad_rows(ids: list[np.ndarray], lengths: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """int32[len(idx), longest] of rows `idx` of `ids`, padded with 0, in one scatter."""
+    lens = lengths[idx]
+    out = np.zeros((len(idx), max(int(lens.max(initial=0)), 1)), dtype=np.int32)
+    if len(idx):
+        flat = np.concatenate([ids[i] for i in idx])
+        rows = np.repeat(np.arange(len(idx)), lens)
+        cols = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)
+        out[rows, cols] = flat
+    return out
 
 
 def pack_table(
@@ -140,8 +156,8 @@ def pack_table(
         out.append(
             PackedBatch(
                 rows=rows.take(pa.array(idx)),
-                left=tokenization.pad([left[i] for i in idx]),
-                right=tokenization.pad([right[i] for i in idx]),
+                left=pad_rows(left, len_l, idx),
+                right=pad_rows(right, len_r, idx),
                 real_tokens=int(len_l[idx].sum() + len_r[idx].sum()),
             )
         )
