@@ -34,8 +34,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from model.config import ModelDirError, check_model_dir, join
 from pipeline import io as pio
-from pipeline import profiles
-from pipeline.handler import PairModelHandler
+from pipeline import profiles, unique
+from pipeline.handler import PRECISIONS, PairModelHandler
 from pipeline.io import JobError
 from pipeline.packing import label_table, pack_table
 from pipeline.validate import REASON, reject_all, validate_table
@@ -81,6 +81,13 @@ class ScoreOptions(PipelineOptions):
                             help="batch-size defaults for this device")
         parser.add_argument("--profile", choices=sorted(profiles.PROFILES), default=None,
                             help="flag preset, e.g. dataflow-gpu (see docs/dataflow.md)")
+        parser.add_argument("--mode", choices=unique.MODES, default="auto",
+                            help="pairs: encode both texts of every pair; unique: encode each "
+                            "distinct text once (pipeline/unique.py); auto: unique when a "
+                            "sample of the input shows repeated texts")
+        parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                            help="bfloat16: oneDNN mixed precision on CPU, faster but scores "
+                            "differ (see docs/performance.md)")
         parser.add_argument("--test-fail-once", "--test_fail_once", dest="test_fail_once",
                             default=None, help="test hook: marker file for one injected failure")
 
@@ -107,6 +114,10 @@ class JobConfig:
     large_model: bool = False
     model_copies: int | None = None
     fail_once_marker: str | None = None
+    mode: str = "pairs"
+    repeat_estimate: float | None = None
+    text_buckets: int = 1
+    precision: str = "float32"
 
     @property
     def label_schema(self) -> pa.Schema:
@@ -157,6 +168,7 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         pio.prepare_output(opts.output, opts.overwrite)
     tok = meta.get("tokenizer", {})
     specials = (tok.get("cls_token") is not None) + (tok.get("sep_token") is not None)
+    mode = unique.choose_mode(opts.mode, scan.files, text_columns, rows_in, dry_run)
     return JobConfig(
         input=opts.input,
         output=opts.output,
@@ -176,6 +188,10 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         large_model=opts.large_model,
         model_copies=opts.model_copies,
         fail_once_marker=opts.test_fail_once,
+        mode=mode.mode,
+        repeat_estimate=mode.repeat_estimate,
+        text_buckets=mode.buckets,
+        precision=opts.precision,
     )
 
 
@@ -314,32 +330,36 @@ class ThresholdFn(beam.DoFn):
 class ScorePairs(beam.PTransform):
     """Arrow tables of candidate pairs -> {'labels': tables, 'rejects': tables}."""
 
-    def __init__(self, cfg: JobConfig):
+    def __init__(self, cfg: JobConfig, texts: beam.PCollection | None = None):
         super().__init__()
         self.cfg = cfg
+        # Unique mode only: a second read of the same tables, for the distinct texts.
+        self.texts = texts
 
     def expand(self, tables):
         cfg = self.cfg
         checked = tables | "Validate" >> beam.ParDo(ValidateFn(cfg)).with_outputs(
             "rejects", main="valid"
         )
-        packed = (
-            checked.valid
-            | "Rebatch" >> beam.ParDo(RebatchFn(cfg.rebatch_rows))
-            | "Tokenize" >> beam.ParDo(TokenizeFn(cfg)).with_outputs("rejects", main="batches")
-        )
-        handler = PairModelHandler(
-            cfg.model,
-            large_model=cfg.large_model,
-            model_copies=cfg.model_copies,
-            fail_once_marker=cfg.fail_once_marker,
-        )
-        labels = (
-            packed.batches
-            | "Score" >> RunInference(handler)
-            | "Threshold" >> beam.ParDo(ThresholdFn(cfg))
-        )
-        rejects = (checked.rejects, packed.rejects) | "MergeRejects" >> beam.Flatten()
+        rebatched = checked.valid | "Rebatch" >> beam.ParDo(RebatchFn(cfg.rebatch_rows))
+        if cfg.mode == "unique":
+            texts = tables if self.texts is None else self.texts
+            out = (rebatched, texts) | "Unique" >> unique.ScoreUnique(cfg)
+            scored, no_tokens = out["scored"], out["rejects"]
+        else:
+            packed = rebatched | "Tokenize" >> beam.ParDo(TokenizeFn(cfg)).with_outputs(
+                "rejects", main="batches"
+            )
+            handler = PairModelHandler(
+                cfg.model,
+                large_model=cfg.large_model,
+                model_copies=cfg.model_copies,
+                fail_once_marker=cfg.fail_once_marker,
+                precision=cfg.precision,
+            )
+            scored, no_tokens = packed.batches | "Score" >> RunInference(handler), packed.rejects
+        labels = scored | "Threshold" >> beam.ParDo(ThresholdFn(cfg))
+        rejects = (checked.rejects, no_tokens) | "MergeRejects" >> beam.Flatten()
         return {"labels": labels, "rejects": rejects}
 
 
@@ -373,7 +393,12 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 def build(p: beam.Pipeline, cfg: JobConfig, dry_run: bool = False):
     tables = p | "ReadPairs" >> pio.ReadPairs(cfg.input, validate=not dry_run)
-    return tables | "ScorePairs" >> ScorePairs(cfg) | "WriteResults" >> WriteResults(cfg)
+    texts = None
+    if cfg.mode == "unique":
+        # Read twice rather than hold every pair until the text index is ready.
+        texts = p | "ReadTexts" >> pio.ReadPairs(cfg.input, validate=not dry_run)
+    scored = tables | "ScorePairs" >> ScorePairs(cfg, texts)
+    return scored | "WriteResults" >> WriteResults(cfg)
 
 
 def _pipeline_options(argv: list[str] | None) -> PipelineOptions:
@@ -427,6 +452,8 @@ def finalize(cfg: JobConfig, result: PipelineResult, runner: str, elapsed: float
         "model": cfg.model,
         "model_fingerprint": cfg.fingerprint,
         "runner": runner,
+        "mode": cfg.mode,
+        "repeat_estimate": cfg.repeat_estimate,
         "elapsed_s": round(elapsed, 3),
         "pairs_per_s": round(cfg.rows_in / elapsed, 1) if elapsed > 0 else None,
         "input_files": len(pio.scan_inputs(cfg.input).files),
