@@ -1,0 +1,233 @@
+"""Faults: a run killed midway, a model call that fails once, a model that cannot load,
+and rows that do not add up. None may leave output that looks finished, and a rerun
+must give exactly one row per input id.
+"""
+
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import cli, handler, job
+from pipeline import io as pio
+from pipeline.io import JobError
+from pipeline.packing import PackedBatch
+from pipeline.sample import sample_table
+from tests.conftest import PAIRS, REPO, write_pairs
+
+
+def _ids(out):
+    """Every id in the published labels and rejects, with multiplicity."""
+    tables = [pq.read_table(out / kind, columns=["pair_id"]) for kind in ("labels", "rejects")]
+    return collections.Counter(id_ for t in tables for id_ in t["pair_id"].to_pylist())
+
+
+def _distinct_sample(n, seed):
+    """The sample generator's pairs (with its malformed rows), every text made distinct
+    so that the job scores pair by pair (auto mode picks unique-text mode for repeats)."""
+    table = sample_table(n, seed=seed)
+    case = pa.array([f" (case {i})" for i in range(n)])
+    for name in ("text_a", "text_b"):
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, pc.binary_join_element_wise(table[name], case, ""))
+    return table
+
+
+def _files(out):
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+# --- SIGKILL midway, then a rerun ----------------------------------------------------
+
+
+def test_sigkill_midway_leaves_nothing_final_and_the_rerun_is_exact(tmp_path, bilstm_model):
+    src, out = tmp_path / "pairs.parquet", tmp_path / "out"
+    table = _distinct_sample(12_000, seed=7)
+    pq.write_table(table, src, row_group_size=1000)
+    argv = ["--input", str(src), "--output", str(out), "--model", bilstm_model]
+    # Small model calls keep the job busy long enough to be caught midway.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "score", *argv, "--batch-size", "8"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while not list((out / "_staging" / "labels").glob("beam-temp-*/*")):
+            assert proc.poll() is None, "the job ended before it wrote anything"
+            assert time.time() < deadline, "the job never started writing labels"
+            time.sleep(0.05)
+        time.sleep(1.0)  # well into scoring: labels are being appended
+        assert proc.poll() is None, "the job finished before it could be killed midway"
+        os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    left = _files(out)
+    assert left, "a killed run midway should have left its temporary files"
+    assert all(f.startswith("_staging/") for f in left), left
+    assert not (out / "_SUCCESS").exists() and not (out / "summary.json").exists()
+    assert not (out / "labels").exists() and not (out / "rejects").exists()
+    # A Parquet dataset reader pointed at the output finds nothing to read.
+    assert ds.dataset(str(out), format="parquet").files == []
+
+    result = job.run(argv)  # no --overwrite needed: the killed run never finished
+    assert result.summary["rows_in"] == table.num_rows
+    assert result.summary["scored"] + result.summary["rejected"] == table.num_rows
+    assert _ids(out) == collections.Counter(table["pair_id"].to_pylist())
+    assert (out / "_SUCCESS").exists() and not (out / "_staging").exists()
+
+
+# --- a model call that fails once ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def many_batches(tmp_path_factory, bilstm_model):
+    """A clean run over 3000 pairs in batches of 64 (about 50 model calls)."""
+    base = tmp_path_factory.mktemp("faults")
+    src = base / "pairs.parquet"
+    table = _distinct_sample(3000, seed=3)
+    pq.write_table(table, src, row_group_size=500)
+    argv = ["--input", str(src), "--model", bilstm_model, "--batch-size", "64"]
+    out = base / "clean"
+    job.run([*argv, "--output", str(out)])
+    return argv, out, collections.Counter(table["pair_id"].to_pylist())
+
+
+def _scores(out):
+    labels = pq.read_table(out / "labels")
+    return dict(zip(labels["pair_id"].to_pylist(), labels["score"].to_pylist(), strict=True))
+
+
+def test_a_model_call_failing_once_is_retried_without_duplicates_or_losses(
+    tmp_path, many_batches
+):
+    argv, clean, input_ids = many_batches
+    out, marker = tmp_path / "out", tmp_path / "fail-once"
+    result = job.run([*argv, "--output", str(out), "--test-fail-once", str(marker)])
+    assert marker.exists(), "the test hook did not fire"
+    assert result.summary["counters"]["score_retries"] == 1
+    assert _ids(out) == input_ids  # each id exactly as often as in the input
+    got, want = _scores(out), _scores(clean)
+    assert got.keys() == want.keys()
+    assert np.allclose([got[k] for k in want], list(want.values()), atol=1e-6)
+    assert result.summary["rejected_by_reason"] == json.loads(
+        (clean / "summary.json").read_text()
+    )["rejected_by_reason"]
+
+
+class _FlakyModel:
+    """Stands in for LoadedPairModel: fails the first `failures` calls."""
+
+    def __init__(self, failures):
+        self.failures, self.calls = failures, 0
+
+    def score(self, left, right):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError(f"transient failure {self.calls}")
+        return left.sum(axis=1).astype(np.float32) / 100
+
+    def device_name(self):
+        return "CPU"
+
+
+def _batch(n):
+    ids = np.arange(1, n * 3 + 1, dtype=np.int32).reshape(n, 3)
+    return PackedBatch(rows=pa.table({"pair_id": [f"p{i}" for i in range(n)]}), left=ids,
+                       right=ids, real_tokens=n * 6)
+
+
+def _handler():
+    h = handler.PairModelHandler("unused")
+    h._backoff_s = 0.0
+    return h
+
+
+def test_scoring_retries_up_to_its_attempts_then_succeeds():
+    model = _FlakyModel(failures=handler.SCORE_ATTEMPTS - 1)
+    [out] = _handler().run_inference([_batch(4)], model)
+    assert model.calls == handler.SCORE_ATTEMPTS
+    assert out.scores.tolist() == pytest.approx([0.06, 0.15, 0.24, 0.33])
+
+
+def test_scoring_that_keeps_failing_fails_the_bundle():
+    model = _FlakyModel(failures=handler.SCORE_ATTEMPTS)
+    with pytest.raises(RuntimeError, match=f"transient failure {handler.SCORE_ATTEMPTS}"):
+        _handler().run_inference([_batch(2)], model)
+    assert model.calls == handler.SCORE_ATTEMPTS
+
+
+# --- a model that cannot load ---------------------------------------------------------
+
+
+def test_a_crash_in_model_loading_gives_a_clear_error(tmp_path, bilstm_model, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(bilstm_model, model)
+    # Every file the checks look for is there; TensorFlow cannot parse the graph.
+    (model / "saved_model.pb").write_bytes(b"\x08\x01garbage, not a SavedModel proto")
+    src, out = tmp_path / "pairs.parquet", tmp_path / "out"
+    write_pairs(src, PAIRS)
+    capsys.readouterr()
+    code = cli.main(["score", "--input", str(src), "--output", str(out), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "pairscore score: error: the job failed, _SUCCESS not written: " in err
+    assert f"ModelLoadError: cannot load the model in {model}: " in err
+    assert "saved_model.pb" in err
+    assert not (out / "_SUCCESS").exists() and not (out / "labels").exists()
+
+
+# --- rows that do not add up, and leftovers of a crashed run ---------------------------
+
+
+def _stage(out, kind, table):
+    (out / "_staging" / kind).mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out / "_staging" / kind / "part-00000-of-00001.parquet")
+
+
+def test_rows_that_do_not_add_up_are_not_published(tmp_path, bilstm_model):
+    src, out = tmp_path / "pairs.parquet", tmp_path / "out"
+    write_pairs(src, PAIRS)
+    cfg = job.resolve(
+        job.ScoreOptions(["--input", str(src), "--output", str(out), "--model", bilstm_model]),
+        dry_run=False,
+    )
+    # What a runner that silently dropped one row would leave staged.
+    ids = [r[0] for r in PAIRS[:-1]]
+    labels = pa.table({"pair_id": ids, "score": pa.array([0.5] * len(ids), pa.float32()),
+                       "is_duplicate": [True] * len(ids)})
+    _stage(out, "labels", labels)
+    _stage(out, "rejects", pa.table({"pair_id": pa.array([], pa.string()),
+                                     "reason": pa.array([], pa.string())}))
+    with pytest.raises(JobError, match=r"rows lost: rows_in 7 != scored 6 \+ rejected 0"):
+        job.finalize(cfg, None, "test", 1.0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["invariant_holds"] is False and summary["rows_in"] == 7
+    assert not (out / "_SUCCESS").exists()
+    assert not (out / "labels").exists(), "unverified rows were published"
+
+
+def test_a_crashed_runs_leftovers_are_cleared(tmp_path, bilstm_model):
+    """Killed during the final moves: some labels in place, the rest still staged."""
+    src, out = tmp_path / "pairs.parquet", tmp_path / "out"
+    write_pairs(src, PAIRS)
+    (out / "labels").mkdir(parents=True)
+    write_pairs(out / "labels" / "part-00000-of-00002.parquet", [("stale", "a", "b")])
+    (out / "_staging" / "labels" / "beam-temp-part-0").mkdir(parents=True)
+    (out / "_staging" / "labels" / "beam-temp-part-0" / "x.part.parquet").write_bytes(b"PAR1")
+    pio.prepare_output(str(out), overwrite=False)
+    assert _files(out) == []
