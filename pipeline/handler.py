@@ -106,10 +106,14 @@ class LoadedPairModel:
         return out.numpy()
 
     def encode(self, ids: np.ndarray) -> np.ndarray:
-        return self._encode(ids=ids)["embedding"].numpy()
+        out = self._encode(ids=ids)["embedding"]
+        self.scored_on = out.device
+        return out.numpy()
 
     def score_embeddings(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self._score_embeddings(left=left, right=right)["score"].numpy()
+        out = self._score_embeddings(left=left, right=right)["score"]
+        self.scored_on = out.device
+        return out.numpy()
 
     def device_name(self) -> str:
         return self.scored_on or self.device
