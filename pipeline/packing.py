@@ -170,5 +170,8 @@ def label_table(batch: PackedBatch, threshold: float, schema: pa.Schema) -> pa.T
     rows = batch.rows
     cols = {name: rows[name] for name in rows.column_names}
     cols["score"] = pa.array(scores, pa.float32())
-    cols["is_duplicate"] = pa.array(scores >= threshold, pa.bool_())
+    # Compared in float64: numpy would round the threshold to float32 (NEP 50), and a
+    # score of float32(0.7) = 0.69999999 would be a duplicate at threshold 0.7 although
+    # anyone reading the stored score back sees it below the threshold.
+    cols["is_duplicate"] = pa.array(scores.astype(np.float64) >= threshold, pa.bool_())
     return pa.Table.from_pydict({f.name: cols[f.name] for f in schema}, schema=schema)
