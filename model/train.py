@@ -1,6 +1,18 @@
 """Train a Siamese duplicate detector on labelled pairs and export a model directory.
 
     pairscore train --train pairs.parquet --encoder bilstm --distance l1 --output models/x
+    pairscore train --train mrpc_train.parquet --validation mrpc_dev.parquet \
+        --encoder bert --pooling mean --distance sbert --freeze-epochs 1 \
+        --warmup-ratio 0.1 --class-weight balanced --select-metric val_f1 --output models/y
+    pairscore train --train stsb_train.parquet --validation stsb_dev.parquet \
+        --target similarity --encoder bert --pooling mean --distance cosine --output models/z
+
+What fine-tuning a small BERT on a few thousand pairs needs: linear warm-up then cosine
+decay of the learning rate, the encoder frozen for the first epochs (the head learns at
+its own rate first, so random head gradients do not wreck the pretrained encoder), class
+weights, dropout on the head, and keeping the epoch that was best on a validation metric.
+Graded data (STS-B, SICK) trains against similarity / similarity_max, or against a label
+thresholded at duplicate_similarity.
 """
 
 from __future__ import annotations
@@ -23,6 +35,16 @@ log = logging.getLogger("pairscore.train")
 
 DEFAULT_LEARNING_RATE = {Encoder.BILSTM: 1e-3, Encoder.BERT: 2e-5}
 DEFAULT_MAX_LENGTH = {Encoder.BILSTM: 64, Encoder.BERT: 128}
+# Metric -> True when larger is better. val_f1 is the best F1 over thresholds (training
+# picks the threshold on validation anyway), val_accuracy the accuracy at that threshold.
+SELECT_METRICS = {
+    "val_loss": False,
+    "val_auc": True,
+    "val_f1": True,
+    "val_accuracy": True,
+    "val_spearman": True,
+}
+TARGETS = ("label", "similarity", "threshold")
 
 
 @dataclasses.dataclass
@@ -48,6 +70,14 @@ class TrainConfig:
     patience: int = 2
     dropout: float = 0.0
     warmup_ratio: float = 0.0
+    freeze_epochs: int = 0
+    head_learning_rate: float = 1e-3
+    class_weight: str | None = None
+    select_metric: str = "val_loss"
+    target: str = "label"
+    similarity_column: str = "similarity"
+    similarity_max: float = 5.0
+    duplicate_similarity: float = 4.0
     # Tiny BERT for tests and smoke runs: random weights, MiniLM's vocabulary.
     bert_preset: str | None = None
     bert_tiny: bool = False
@@ -63,6 +93,48 @@ class TrainConfig:
             self.max_length = DEFAULT_MAX_LENGTH[enc]
         if self.max_length < 3:
             raise ValueError(f"--max-length must be at least 3, got {self.max_length}")
+        if self.select_metric not in SELECT_METRICS:
+            allowed = ", ".join(repr(m) for m in SELECT_METRICS)
+            raise ValueError(f"unknown select metric {self.select_metric!r}; allowed: {allowed}")
+        if self.target not in TARGETS:
+            allowed = ", ".join(repr(t) for t in TARGETS)
+            raise ValueError(f"unknown target {self.target!r}; allowed: {allowed}")
+        if not 0 <= self.freeze_epochs < self.epochs:
+            raise ValueError(
+                f"--freeze-epochs must be in [0, epochs), got {self.freeze_epochs} "
+                f"with {self.epochs} epochs (--freeze-encoder freezes it for all of them)"
+            )
+        if self.freeze_epochs and self.freeze_encoder:
+            raise ValueError("--freeze-epochs and --freeze-encoder exclude each other")
+        if self.class_weight is not None:
+            if self.target == "similarity":
+                raise ValueError("--class-weight needs binary targets, not --target similarity")
+            parse_class_weight(self.class_weight, np.array([0.0, 1.0]))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+def parse_class_weight(spec: str | None, labels: np.ndarray) -> dict[int, float] | None:
+    """'balanced' (n / (2 * n_class), as scikit-learn), 'none', or '0:W0,1:W1'."""
+    if spec is None or spec == "none":
+        return None
+    labels = np.asarray(labels).astype(int)
+    if spec == "balanced":
+        counts = np.bincount(labels, minlength=2)
+        if counts.min() == 0:
+            raise ValueError("--class-weight balanced needs both classes in the training data")
+        return {c: float(len(labels) / (2 * counts[c])) for c in (0, 1)}
+    try:
+        weights = {int(k): float(v) for k, v in (part.split(":") for part in spec.split(","))}
+    except ValueError:
+        weights = {}
+    if set(weights) != {0, 1} or min(weights.values()) <= 0:
+        raise ValueError(
+            f"--class-weight must be 'balanced', 'none' or '0:W0,1:W1' with W > 0, got {spec!r}"
+        )
+    return weights
 
 
 def minilm_dir() -> str:
@@ -112,7 +184,8 @@ class PairBatches:
         self.batches = self._make_batches()
 
     def _make_batches(self):
-        lengths = np.array([max(len(a), len(b)) for a, b in zip(self.left, self.right)])
+        pairs = zip(self.left, self.right, strict=True)
+        lengths = np.array([max(len(a), len(b)) for a, b in pairs])
         noise = self.rng.uniform(0, 1, len(lengths)) if self.shuffle else 0
         order = np.argsort(lengths + noise, kind="stable")
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
@@ -149,9 +222,94 @@ class PairBatches:
             signature.append(tf.TensorSpec([None], tf.float32))
         if self.weights is not None:
             signature.append(tf.TensorSpec([None], tf.float32))
-        return tf.data.Dataset.from_generator(
+        dataset = tf.data.Dataset.from_generator(
             self._generate, output_signature=tuple(signature)
-        ).prefetch(2)
+        )
+        # A known length: Keras then stops each epoch on time instead of running into the
+        # end of the generator, which costs an optimizer iteration (and skews schedules).
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(self)))
+        return dataset.prefetch(2)
+
+
+class ValidationMonitor(keras.callbacks.Callback):
+    """Scores the validation pairs after every epoch, adds val_loss, val_auc, val_f1,
+    val_accuracy (and val_spearman for graded data) to the logs, keeps the weights of the
+    best epoch by `metric` and stops after `patience` epochs without improvement.
+
+    Its state survives several `fit` calls (the frozen and the unfrozen phase), so "best"
+    and "patience" span the whole run. Call `restore()` at the end.
+    """
+
+    def __init__(self, batches, targets, labels, similarity, metric="val_loss", patience=2):
+        super().__init__()
+        self.batches, self.targets = batches, targets
+        self.labels, self.similarity = labels, similarity
+        self.metric, self.patience = metric, patience
+        self.higher_is_better = SELECT_METRICS[metric]
+        self.order = np.concatenate(batches.batches)
+        self.best_value = None
+        self.best_epoch = -1
+        self.best_weights = None
+        self.best_scores = None
+        self.wait = 0
+        self.history: list[dict] = []
+
+    def scores(self) -> np.ndarray:
+        raw = self.model.predict(self.batches.dataset(), verbose=0)
+        raw = np.asarray(raw, dtype=np.float64)
+        out = np.empty(len(self.order), dtype=np.float64)
+        out[self.order] = raw.reshape(-1)
+        return out
+
+    def measure(self, scores: np.ndarray) -> dict:
+        p = np.clip(scores, 1e-7, 1 - 1e-7)
+        y = self.targets
+        out = {"val_loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))}
+        if self.labels is not None and len(set(self.labels.tolist())) == 2:
+            from sklearn.metrics import roc_auc_score
+
+            threshold, f1 = metrics.find_best_f1_and_threshold(scores, self.labels)
+            out["val_auc"] = float(roc_auc_score(self.labels, scores))
+            out["val_f1"] = f1
+            out["val_accuracy"] = float(np.mean((scores >= threshold) == (self.labels == 1)))
+        if self.similarity is not None:
+            out["val_spearman"] = metrics.graded_metrics(scores, self.similarity)["spearman"]
+        return out
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        scores = self.scores()
+        measured = self.measure(scores)
+        logs.update(measured)
+        lr = self.model.optimizer.learning_rate
+        record = {"epoch": epoch + 1, "loss": logs.get("loss"), **measured,
+                  "learning_rate": float(keras.ops.convert_to_numpy(lr))}
+        self.history.append(record)
+        if self.metric not in measured:
+            raise ValueError(
+                f"--select-metric {self.metric} cannot be computed on this validation data "
+                f"(available: {', '.join(measured)})"
+            )
+        value = measured[self.metric]
+        better = self.best_value is None or (
+            value > self.best_value if self.higher_is_better else value < self.best_value
+        )
+        if better:
+            self.best_value, self.best_epoch = value, epoch
+            self.best_weights = self.model.get_weights()
+            self.best_scores = scores
+            self.wait = 0
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.model.stop_training = True
+        log.info("epoch %d: %s (best %s %.4f at epoch %d)", epoch + 1,
+                 ", ".join(f"{k} {v:.4f}" for k, v in measured.items()),
+                 self.metric, self.best_value, self.best_epoch + 1)
+
+    def restore(self):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
 
 
 def _split(pairs: data_lib.Pairs, seed: int) -> tuple[data_lib.Pairs, data_lib.Pairs]:
@@ -187,14 +345,17 @@ def build_model(cfg: TrainConfig, embedding_matrix=None):
         )
     else:
         encoder = layers.bilstm_encoder(embedding_matrix, cfg.lstm_units)
+        encoder.trainable = not cfg.freeze_encoder
     head = layers.DistanceHead(cfg.distance, dropout=cfg.dropout, name="head")
     return layers.siamese(encoder, head), encoder, head
 
 
-def _schedule(cfg: TrainConfig, steps_per_epoch: int):
+def _schedule(cfg: TrainConfig, steps_per_epoch: int, epochs: int | None = None):
+    """Constant, or linear warm-up over `warmup_ratio` of the steps then cosine decay to 0
+    over the rest (for `epochs`, default all of them)."""
     if cfg.warmup_ratio <= 0:
         return cfg.learning_rate
-    total = max(1, steps_per_epoch * cfg.epochs)
+    total = max(1, steps_per_epoch * (cfg.epochs if epochs is None else epochs))
     warmup = max(1, int(total * cfg.warmup_ratio))
     return keras.optimizers.schedules.CosineDecay(
         0.0,
@@ -204,28 +365,67 @@ def _schedule(cfg: TrainConfig, steps_per_epoch: int):
     )
 
 
-def train(cfg: TrainConfig) -> ModelMetadata:
-    """Train, pick the max-F1 threshold on validation, export; returns the metadata."""
+def _targets(cfg: TrainConfig, pairs: data_lib.Pairs, source: str):
+    """(training targets in [0, 1], binary labels or None) for the configured target."""
+    if cfg.target == "label":
+        if pairs.labels is None:
+            hint = (
+                "; it has graded scores: use --target similarity or --target threshold"
+                if pairs.similarity is not None
+                else ""
+            )
+            raise ValueError(
+                f"{source}: column {cfg.label_column!r} must hold binary labels 0/1 "
+                f"on every row{hint}"
+            )
+        return pairs.labels.astype(np.float32), pairs.labels
+    if pairs.similarity is None:
+        raise ValueError(
+            f"{source}: --target {cfg.target} needs graded scores in {cfg.similarity_column!r}"
+        )
+    derived = (pairs.similarity >= cfg.duplicate_similarity).astype(np.float32)
+    if cfg.target == "threshold":
+        return derived, derived
+    soft = np.clip(pairs.similarity / cfg.similarity_max, 0.0, 1.0).astype(np.float32)
+    return soft, derived
+
+
+def _compile(model, learning_rate):
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate, epsilon=1e-8),
+        loss="binary_crossentropy",
+    )
+
+
+def train(cfg: TrainConfig, callbacks: list | None = None) -> ModelMetadata:
+    """Train, keep the best epoch, pick the max-F1 threshold on validation, export; returns
+    the metadata. `callbacks` are extra Keras callbacks (they see both phases)."""
     from model.export import export
 
     keras.utils.set_random_seed(cfg.seed)
     started = time.time()
-    train_pairs = data_lib.read_pairs(
-        cfg.train, cfg.text_a_column, cfg.text_b_column, cfg.label_column
-    )
-    if train_pairs.labels is None:
-        raise ValueError(
-            f"{cfg.train}: column {cfg.label_column!r} must hold binary labels 0/1 on every row"
+
+    def read(path):
+        return data_lib.read_pairs(
+            path, cfg.text_a_column, cfg.text_b_column, cfg.label_column, cfg.similarity_column
         )
+
+    train_pairs = read(cfg.train)
+    y_train, labels_train = _targets(cfg, train_pairs, cfg.train)
     if cfg.validation:
-        val_pairs = data_lib.read_pairs(
-            cfg.validation, cfg.text_a_column, cfg.text_b_column, cfg.label_column
-        )
-        if val_pairs.labels is None:
-            raise ValueError(f"{cfg.validation}: needs binary labels in {cfg.label_column!r}")
+        val_pairs = read(cfg.validation)
+        y_val, labels_val = _targets(cfg, val_pairs, cfg.validation)
     else:
         train_pairs, val_pairs = _split(train_pairs, cfg.seed)
+        y_train, labels_train = _targets(cfg, train_pairs, cfg.train)
+        y_val, labels_val = _targets(cfg, val_pairs, cfg.train)
     log.info("train %d pairs, validation %d pairs", len(train_pairs), len(val_pairs))
+
+    class_weight = parse_class_weight(cfg.class_weight, labels_train)
+    weights = None
+    if class_weight is not None:
+        weights = np.where(labels_train == 1, class_weight[1], class_weight[0]).astype("float32")
+        log.info("class weights %s", class_weight)
 
     tok, matrix = build_tokenizer(cfg, train_pairs)
 
@@ -233,38 +433,43 @@ def train(cfg: TrainConfig) -> ModelMetadata:
         return tokenization.encode_batch(tok, texts)
 
     tr = PairBatches(
-        ids(train_pairs.text_a), ids(train_pairs.text_b), train_pairs.labels,
-        cfg.batch_size, True, cfg.seed,
+        ids(train_pairs.text_a), ids(train_pairs.text_b), y_train,
+        cfg.batch_size, True, cfg.seed, weights=weights,
     )
     va = PairBatches(
-        ids(val_pairs.text_a), ids(val_pairs.text_b), val_pairs.labels,
-        cfg.batch_size, False, cfg.seed,
+        ids(val_pairs.text_a), ids(val_pairs.text_b), None, cfg.batch_size, False, cfg.seed,
     )
     siamese, encoder, head = build_model(cfg, matrix)
-    siamese.compile(
-        optimizer=keras.optimizers.Adam(_schedule(cfg, len(tr)), epsilon=1e-8),
-        loss="binary_crossentropy",
-        metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+    monitor = ValidationMonitor(
+        va, y_val, labels_val, val_pairs.similarity, cfg.select_metric, cfg.patience
     )
-    callbacks = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=cfg.patience, restore_best_weights=True
+    callbacks = [monitor, *(callbacks or [])]
+    verbose = 1 if sys.stderr.isatty() else 2
+    if cfg.freeze_epochs:
+        # Keras fixes the trainable set at compile time: compile, train the head, then
+        # unfreeze and compile again (a fresh optimizer, its own warm-up and decay).
+        encoder.trainable = False
+        _compile(siamese, cfg.head_learning_rate)
+        log.info("epochs 1-%d: encoder frozen, head lr %g", cfg.freeze_epochs,
+                 cfg.head_learning_rate)
+        siamese.fit(
+            tr.dataset(), epochs=cfg.freeze_epochs, callbacks=callbacks, verbose=verbose
         )
-    ]
-    history = siamese.fit(
-        tr.dataset(),
-        validation_data=va.dataset(),
-        epochs=cfg.epochs,
-        callbacks=callbacks,
-        verbose=1 if sys.stderr.isatty() else 2,
+        encoder.trainable = True
+        # A plateau of the head alone says nothing about the unfrozen model.
+        monitor.wait = 0
+    _compile(siamese, _schedule(cfg, len(tr), cfg.epochs - cfg.freeze_epochs))
+    siamese.fit(
+        tr.dataset(), initial_epoch=cfg.freeze_epochs, epochs=cfg.epochs, callbacks=callbacks,
+        verbose=verbose,
     )
+    monitor.restore()
     train_s = time.time() - started
-    order = np.concatenate(va.batches)
-    val_scores = siamese.predict(va.dataset(), verbose=0)
-    scores = np.empty(len(order), dtype=np.float32)
-    scores[order] = np.asarray(val_scores).reshape(-1)
-    threshold, _ = metrics.find_best_f1_and_threshold(scores, val_pairs.labels)
-    val_metrics = metrics.binary_metrics(scores, val_pairs.labels, threshold)
+    scores = monitor.best_scores
+    threshold, _ = metrics.find_best_f1_and_threshold(scores, labels_val)
+    val_metrics = metrics.binary_metrics(scores, labels_val, threshold)
+    if val_pairs.similarity is not None:
+        val_metrics.update(metrics.graded_metrics(scores, val_pairs.similarity))
     meta = ModelMetadata(
         encoder=cfg.encoder,
         pooling=cfg.pooling if cfg.encoder == Encoder.BERT else None,
@@ -279,14 +484,20 @@ def train(cfg: TrainConfig) -> ModelMetadata:
             "data_fingerprint": data_lib.fingerprint(train_pairs),
             "rows": len(train_pairs),
             "validation": os.path.abspath(cfg.validation) if cfg.validation else "10% held out",
-            "epochs_run": len(history.history["loss"]),
-            "best_val_loss": float(min(history.history["val_loss"])),
+            "epochs_run": len(monitor.history),
+            "best_epoch": monitor.best_epoch + 1,
+            "select_metric": cfg.select_metric,
+            "best_value": monitor.best_value,
+            "best_val_loss": float(min(h["val_loss"] for h in monitor.history)),
+            "class_weight": class_weight,
+            "history": monitor.history,
             "train_seconds": round(train_s, 1),
             "config": dataclasses.asdict(cfg),
         },
     )
     meta = export(encoder, head, tok, meta, cfg.output)
-    log.info("exported %s (threshold %.3f, val F1 %.3f)", cfg.output, threshold, val_metrics["f1"])
+    log.info("exported %s (threshold %.3f, val F1 %.3f, best epoch %d by %s)", cfg.output,
+             threshold, val_metrics["f1"], monitor.best_epoch + 1, cfg.select_metric)
     if not math.isfinite(val_metrics["accuracy"]):
         raise RuntimeError("validation metrics are not finite")
     return meta
