@@ -8,9 +8,11 @@ it works behind Beam's multi-process proxy (`large_model=True` / `model_copies`)
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 
@@ -119,6 +121,22 @@ class LoadedPairModel:
         return self.scored_on or self.device
 
 
+_SHARED: collections.OrderedDict = collections.OrderedDict()
+_SHARED_LOCK = threading.Lock()
+_SHARED_KEEP = 2  # models kept after their job: a process that runs many jobs stays small
+
+
+def _load_shared(key: tuple[str, str, str]) -> LoadedPairModel:
+    with _SHARED_LOCK:
+        model = _SHARED.get(key)
+        if model is None:
+            model = LoadedPairModel(key[1], key[2])
+            _SHARED[key] = model
+            while len(_SHARED) > _SHARED_KEEP:
+                _SHARED.popitem(last=False)
+        return model
+
+
 class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
     """Scores `PackedBatch`es; each element is already one length-grouped model batch,
     so RunInference's own batching is set to one element per call."""
@@ -131,12 +149,16 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
         model_copies: int | None = None,
         fail_once_marker: str | None = None,
         precision: str = "float32",
+        share_key: str | None = None,
     ):
         super().__init__(
             min_batch_size=1, max_batch_size=1, large_model=large_model, model_copies=model_copies
         )
         self._model_dir = model_dir
         self._precision = precision
+        # Handlers built with the same key share one loaded model per process (unique
+        # mode's encode and score_embeddings steps): one load, one copy in memory.
+        self._share_key = share_key
         # Test-only fault injection: the first call that finds this file missing creates
         # it and raises, so a retry must succeed (see tests/test_faults.py).
         self._fail_once_marker = fail_once_marker
@@ -144,7 +166,9 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
         self._backoff_s = SCORE_BACKOFF_S
 
     def load_model(self) -> LoadedPairModel:
-        return LoadedPairModel(self._model_dir, self._precision)
+        if self._share_key is None:
+            return LoadedPairModel(self._model_dir, self._precision)
+        return _load_shared((self._share_key, self._model_dir, self._precision))
 
     def run_inference(
         self,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import uuid
 
 import apache_beam as beam
 import numpy as np
@@ -509,22 +510,24 @@ class ScoreEmbeddingsHandler(PairModelHandler):
         return sum(b.left.nbytes + b.right.nbytes for b in batch)
 
 
-def _handler(cls, cfg):
+def _handler(cls, cfg, share_key: str):
     return cls(
         cfg.model,
         large_model=cfg.large_model,
         model_copies=cfg.model_copies,
         fail_once_marker=cfg.fail_once_marker,
-        precision=getattr(cfg, "precision", "float32"),
+        precision=cfg.precision,
+        share_key=share_key,
     )
 
 
 class EncodeDistinctTexts(beam.PTransform):
     """Arrow tables of candidate pairs (as read) -> one `EmbeddingIndex` of their texts."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, share_key: str):
         super().__init__()
         self.cfg = cfg
+        self.share_key = share_key
 
     def expand(self, tables):
         cfg = self.cfg
@@ -540,7 +543,9 @@ class EncodeDistinctTexts(beam.PTransform):
         )
         to_encode = batches | "HasTokens" >> beam.Filter(lambda b: b.ids is not None)
         no_tokens = batches | "NoTokens" >> beam.Filter(lambda b: b.ids is None)
-        encoded = to_encode | "EncodeTexts" >> RunInference(_handler(EncodeHandler, cfg))
+        encoded = to_encode | "EncodeTexts" >> RunInference(
+            _handler(EncodeHandler, cfg, self.share_key)
+        )
         return (
             (encoded, no_tokens)
             | "AllTexts" >> beam.Flatten()
@@ -564,11 +569,14 @@ class ScoreUnique(beam.PTransform):
     def expand(self, inputs):
         valid, texts = inputs
         cfg = self.cfg
-        index = texts | "EncodeDistinctTexts" >> EncodeDistinctTexts(cfg)
+        # Both model steps share one loaded model per process (made at graph construction,
+        # so every worker sees the same key).
+        share_key = uuid.uuid4().hex
+        index = texts | "EncodeDistinctTexts" >> EncodeDistinctTexts(cfg, share_key)
         attached = valid | "AttachEmbeddings" >> beam.ParDo(
             AttachEmbeddingsFn(cfg), beam.pvalue.AsSingleton(index)
         ).with_outputs("rejects", main="batches")
         scored = attached.batches | "ScoreEmbeddings" >> RunInference(
-            _handler(ScoreEmbeddingsHandler, cfg)
+            _handler(ScoreEmbeddingsHandler, cfg, share_key)
         )
         return {"scored": scored, "rejects": attached.rejects}
