@@ -185,9 +185,12 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
         # Asked once: behind model_copies / large_model each call is a round trip to the
         # model's process, and a process never changes device.
         if getattr(self, "_device", None) is None:
-            self._device = model.device_name()
+            # Stand-in models (benchmarks, tests) may not say where they run.
+            name = getattr(model, "device_name", None)
+            self._device = name() if name else "unknown"
             log.info("scoring %s on %s", self._model_dir, self._device)
-        kind = "gpu" if ":GPU:" in self._device.upper() else "cpu"
+        device = self._device.upper()
+        kind = "gpu" if ":GPU:" in device else "cpu" if "CPU" in device else "unknown"
         Metrics.counter("pairscore", f"rows_scored_on_{kind}").inc(rows)
 
     def _score(self, packed: PackedBatch, model: LoadedPairModel) -> PackedBatch:
