@@ -34,53 +34,53 @@ class PackedBatch:
 # encodings): a 1 MB text costs about 1 s and 30 MB, so long texts are clipped first.
 CLIP_CHARS_PER_TOKEN = 16
 # Characters after which the BERT normalizer and pre-tokenizer always end a word:
-# whitespace, ASCII punctuation and CJK ideographs (each its own word). Clipping right
-# after one keeps the clipped text's tokens a prefix of the whole text's tokens.
+# whitespace, ASCII punctuation and the main CJK ideograph blocks (each its own word).
+# Clipping right after one keeps the clipped text's tokens a prefix of the whole text's.
+# A text with none in reach (one huge "word") is tokenized whole: about 1 s per MB, but
+# it yields a single token, so memory stays small.
 _BOUNDARY = (
     " \t\n\r\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000"
     "!-/:-@\\[-`{-~"
-    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df"
 )
 _LAST_WORD = re.compile(f"[{_BOUNDARY}][^{_BOUNDARY}]*\\Z")
 
 
-def _clip(text: str, limit: int) -> str:
-    """`text` cut to at most `limit` characters, just after a word boundary if there is
-    one (else the cut word is longer than any vocabulary word and is [UNK] either way)."""
+def _clip(text: str, limit: int) -> str | None:
+    """`text` cut to at most `limit` characters just after a word boundary, or None if
+    there is none (cutting inside a word could change its word pieces)."""
     head = text[:limit]
     cut = _LAST_WORD.search(head)
-    return head[: cut.start() + 1] if cut else head
+    return head[: cut.start() + 1] if cut else None
 
 
 def encode_texts(tokenizer: Tokenizer, column) -> list[np.ndarray]:
-    """Token ids per text, exactly as `tokenizer` (truncating at its max_length) gives
-    for the whole text, but reading only as much of a long text as the ids need."""
+    """Token ids per text (no nulls), exactly as `tokenizer` (truncating at its
+    max_length) gives for the whole text, reading only as much of it as the ids need."""
     max_length = (tokenizer.truncation or {}).get("max_length")
     if max_length is None:
         return _encode(tokenizer, column.to_pylist())
     limit = max_length * CLIP_CHARS_PER_TOKEN
     lengths = pc.fill_null(pc.utf8_length(column), 0).to_numpy(zero_copy_only=False)
+    ids: list = [None] * len(lengths)
+    rows = np.arange(len(lengths))
     # Slice in Arrow so that only the head of a long text becomes a Python string.
-    texts = pc.utf8_slice_codeunits(column, 0, limit).to_pylist()
-    clipped = np.flatnonzero(lengths > limit)
-    for i in clipped:
-        texts[i] = _clip(texts[i], limit)
-    ids = _encode(tokenizer, texts)
-    # A clipped text that gives fewer than max_length ids (long runs of spaces or
-    # control characters) may have lost some: read more of it, up to all of it.
+    heads = pc.utf8_slice_codeunits(column, 0, limit).to_pylist()
     while True:
-        clipped = clipped[[len(ids[i]) < max_length for i in clipped]]
-        if not len(clipped):
+        long = lengths[rows] > limit
+        texts = [_clip(h, limit) if cut else h for h, cut in zip(heads, long, strict=True)]
+        ready = [k for k, t in enumerate(texts) if t is not None]
+        for k, row_ids in zip(ready, _encode(tokenizer, [texts[k] for k in ready]), strict=True):
+            ids[rows[k]] = row_ids
+        # Read more of a clipped text with no word boundary in reach, or one that gave
+        # fewer than max_length ids (long runs of spaces or control characters), up to
+        # all of it; a single word or a blank run costs little to tokenize whole.
+        rows = rows[[cut and (ids[i] is None or len(ids[i]) < max_length)
+                     for i, cut in zip(rows, long, strict=True)]]
+        if not len(rows):
             return ids
         limit *= 16
-        heads = pc.utf8_slice_codeunits(column.take(pa.array(clipped)), 0, limit).to_pylist()
-        again = [
-            _clip(h, limit) if lengths[i] > limit else h
-            for i, h in zip(clipped, heads, strict=True)
-        ]
-        for i, row in zip(clipped, _encode(tokenizer, again), strict=True):
-            ids[i] = row
-        clipped = clipped[lengths[clipped] > limit]
+        heads = pc.utf8_slice_codeunits(column.take(pa.array(rows)), 0, limit).to_pylist()
 
 
 def _encode(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:

@@ -50,7 +50,11 @@ def validate_table(
 ) -> tuple[pa.Table, pa.Table]:
     """(valid rows, rejected rows + `reason`). Every input row lands in exactly one."""
     ids = table[id_column]
-    texts = [table[c] for c in text_columns]
+    # An all-null column may come typed null (e.g. from pandas); the checks need strings.
+    texts = [
+        table[c].cast(pa.string()) if pa.types.is_null(table[c].type) else table[c]
+        for c in text_columns
+    ]
     invalid = pa.array([False] * table.num_rows, pa.bool_())
     for i, column in enumerate(texts):
         mask = invalid_utf8(column)
