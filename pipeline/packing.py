@@ -74,7 +74,7 @@ def encode_texts(tokenizer: Tokenizer, column) -> list[np.ndarray]:
             ids[rows[k]] = row_ids
         # Read more of a clipped text with no word boundary in reach, or one that gave
         # fewer than max_length ids (long runs of spaces or control characters), up to
-        # all of it; a single word or a blank run costs little to tokenize whole.
+        # all of it. A boundary once in reach stays in reach, so ids only get replaced.
         rows = rows[[cut and (ids[i] is None or len(ids[i]) < max_length)
                      for i, cut in zip(rows, long, strict=True)]]
         if not len(rows):
