@@ -501,3 +501,66 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> ModelMetadata:
     if not math.isfinite(val_metrics["accuracy"]):
         raise RuntimeError("validation metrics are not finite")
     return meta
+
+
+def cross_validate(cfg: TrainConfig, folds: int = 5) -> dict:
+    """Stratified k-fold cross-validation for small labelled sets (QQP sample, your own).
+
+    Fold k trains on the other folds with `cfg` (`cfg.validation` must be unset: the best
+    epoch and the threshold come from 10% held out of the training folds), exports to
+    OUTPUT/fold-k and is evaluated on fold k, which it never saw. Writes OUTPUT/cv.json.
+    """
+    import json
+    import tempfile
+
+    import pyarrow.parquet as pq
+    from sklearn.model_selection import StratifiedKFold
+
+    from model.evaluate import evaluate
+
+    if cfg.validation:
+        raise ValueError("cross-validation holds out its own folds: drop --validation")
+    if folds < 2:
+        raise ValueError(f"--cv-folds must be at least 2, got {folds}")
+    table = data_lib.read_table(cfg.train)
+    pairs = data_lib.read_pairs(
+        cfg.train, cfg.text_a_column, cfg.text_b_column, cfg.label_column, cfg.similarity_column
+    )
+    if len(pairs) != table.num_rows:
+        raise ValueError(f"{cfg.train}: rows with null texts; clean them before cross-validating")
+    _, strata = _targets(cfg, pairs, cfg.train)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
+    keys = ("accuracy", "precision", "recall", "f1", "roc_auc", "best_f1", "spearman")
+    results = []
+    os.makedirs(cfg.output, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, (train_idx, test_idx) in enumerate(splitter.split(np.zeros(len(strata)), strata)):
+            train_file = os.path.join(tmp, f"train-{k + 1}.parquet")
+            test_file = os.path.join(tmp, f"test-{k + 1}.parquet")
+            pq.write_table(table.take(np.sort(train_idx)), train_file)
+            pq.write_table(table.take(np.sort(test_idx)), test_file)
+            fold_cfg = dataclasses.replace(
+                cfg, train=train_file, output=os.path.join(cfg.output, f"fold-{k + 1}")
+            )
+            meta = train(fold_cfg)
+            result = evaluate(
+                fold_cfg.output, test_file, cfg.text_a_column, cfg.text_b_column,
+                cfg.label_column, cfg.similarity_column,
+            )
+            row = {key: result[key] for key in keys if result.get(key) is not None}
+            row.update(fold=k + 1, n=result["n"], threshold=meta.threshold,
+                       best_epoch=meta.training["best_epoch"],
+                       train_seconds=meta.training["train_seconds"])
+            results.append(row)
+            log.info("fold %d/%d: %s", k + 1, folds,
+                     ", ".join(f"{key} {row[key]:.4f}" for key in keys if key in row))
+    summary = {"folds": results, "data": os.path.abspath(cfg.train),
+               "config": dataclasses.asdict(cfg)}
+    for key in keys:
+        values = [r[key] for r in results if key in r]
+        if values:
+            summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+    with open(os.path.join(cfg.output, "cv.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+    return summary

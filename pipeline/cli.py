@@ -62,10 +62,18 @@ def _train(argv: list[str]) -> int:
     p.add_argument("--duplicate-similarity", type=float, default=4.0,
                    help="graded similarity that counts as a duplicate (threshold target, "
                    "and the labels the decision threshold is chosen against)")
+    p.add_argument("--cv-folds", type=int, default=0, metavar="K",
+                   help="K-fold cross-validation instead of one model: OUTPUT/fold-k and "
+                   "OUTPUT/cv.json (threshold and epoch from 10%% of each fold's training part)")
     p.add_argument("--bert-tiny", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    from model.train import TrainConfig, train
+    from model.train import TrainConfig, cross_validate, train
 
+    folds = vars(args).pop("cv_folds")
+    if folds:
+        summary = cross_validate(TrainConfig(**vars(args)), folds)
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+        return 0
     meta = train(TrainConfig(**vars(args)))
     print(json.dumps({"output": args.output, "threshold": meta.threshold,
                       "best_epoch": meta.training["best_epoch"],

@@ -333,3 +333,55 @@ def test_cli_threshold_target_with_class_weights(graded_data, tmp_path, capsys):
     best_f1 = max(h["val_f1"] for h in meta["training"]["history"])
     assert printed["validation"]["f1"] == pytest.approx(best_f1, abs=1e-6)
     assert meta["training"]["config"]["freeze_epochs"] == 1
+
+
+# -- cross-validation --------------------------------------------------------------------
+
+
+def test_cross_validation_holds_out_each_fold_once(binary_data, tmp_path, capsys):
+    out = tmp_path / "cv"
+    code = main(
+        [
+            "train",
+            "--train",
+            str(binary_data[0]),
+            "--output",
+            str(out),
+            "--encoder",
+            "bilstm",
+            "--lstm-units",
+            "8",
+            "--glove-extra-words",
+            "0",
+            "--epochs",
+            "1",
+            "--cv-folds",
+            "2",
+        ]
+    )
+    assert code == 0
+    summary = json.loads((out / "cv.json").read_text())
+    folds = summary["folds"]
+    assert [f["fold"] for f in folds] == [1, 2]
+    assert sum(f["n"] for f in folds) == 128
+    for f in folds:
+        meta = json.loads((out / f"fold-{f['fold']}" / "pairscore.json").read_text())
+        # Trained on the other fold minus its 10% validation split.
+        assert meta["training"]["rows"] == 64 - 6
+        assert meta["training"]["validation"] == "10% held out"
+    accuracies = [f["accuracy"] for f in folds]
+    assert summary["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+    with pytest.raises(ValueError, match="drop --validation"):
+        main(
+            [
+                "train",
+                "--train",
+                str(binary_data[0]),
+                "--validation",
+                str(binary_data[1]),
+                "--output",
+                str(out),
+                "--cv-folds",
+                "2",
+            ]
+        )
