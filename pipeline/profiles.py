@@ -23,8 +23,11 @@ L4_ACCELERATOR = "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-drive
 
 # Flags that accumulate (argparse action="append") instead of replacing each other.
 LIST_FLAGS = ("experiments", "dataflow_service_options")
-# Other spellings of the same Beam options, so that a user's value is recognised.
+# Other spellings of the same options, so that a user's value is recognised. Only
+# these: Beam does not accept dashes for its own flags, so `--max-num-workers` is not
+# `--max_num_workers` and must not stop the profile from setting the real one.
 ALIASES = {
+    "model-copies": "model_copies",
     "experiment": "experiments",
     "dataflow_service_option": "dataflow_service_options",
     "worker_machine_type": "machine_type",
@@ -78,7 +81,7 @@ PROFILES = {p.name: p for p in (DATAFLOW_GPU,)}
 def _flag_name(token: str) -> str | None:
     if not token.startswith("--") or token == "--":
         return None
-    name = token[2:].split("=", 1)[0].replace("-", "_")
+    name = token[2:].split("=", 1)[0]
     return ALIASES.get(name, name)
 
 

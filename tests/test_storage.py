@@ -1,0 +1,279 @@
+"""Input, model and output in object storage, for real: gs:// through the GCS emulator
+(PyPI gcp-storage-emulator) and s3:// through moto's server, each started here on
+127.0.0.1 and stopped after.
+
+`pairscore score` reads the pairs and the model from the bucket and writes labels,
+rejects, summary.json and _SUCCESS there. The test arranges and checks the bucket with
+the storage clients directly (google-cloud-storage, boto3), not through the code under
+test, and compares the scores with the same model scoring the same texts locally.
+"""
+
+import contextlib
+import io
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import cli
+from tests.conftest import PAIRS, REPO, write_pairs
+
+BUCKET = "pairscore-test"
+# Rows the job must reject, with the reason it must give.
+BAD_ROWS = [("bad1", None, "no left text"), ("bad2", "", "empty left text")]
+BAD_REASONS = {"bad1": "null_text", "bad2": "empty_text"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _server(argv: list[str], port: int, log: pathlib.Path):
+    """Start a server process, wait until it accepts connections, stop it after."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{argv[2]} exited with {proc.returncode}:\n{log.read_text()}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.time() > deadline:
+                pytest.fail(f"{argv[2]} did not listen on {port} in 60 s:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class GcsBucket:
+    scheme = "gs"
+
+    def __init__(self, endpoint: str, tmp: pathlib.Path):
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        self.endpoint = endpoint
+        client = storage.Client(
+            project="pairscore-test",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": endpoint},
+        )
+        self.bucket = client.bucket(BUCKET)
+        self.client = client
+        # Beam asks google.auth for credentials before it falls back to an anonymous
+        # client, and retries that lookup for about 30 s when there are none. A token
+        # that is already valid needs no refresh, so no request leaves the machine; the
+        # emulator ignores it.
+        self.adc = tmp / "adc.json"
+        self.adc.write_text(json.dumps({
+            "type": "authorized_user", "client_id": "emulator", "client_secret": "emulator",
+            "refresh_token": "emulator", "token": "emulator", "expiry": "2999-01-01T00:00:00Z",
+        }))
+
+    def env(self) -> dict[str, str]:
+        return {
+            "STORAGE_EMULATOR_HOST": self.endpoint,
+            "GOOGLE_APPLICATION_CREDENTIALS": str(self.adc),
+            "GOOGLE_CLOUD_PROJECT": "pairscore-test",
+        }
+
+    def flags(self) -> list[str]:
+        return []
+
+    def put(self, key: str, path: pathlib.Path) -> None:
+        self.bucket.blob(key).upload_from_filename(str(path))
+
+    def get(self, key: str) -> bytes:
+        return self.bucket.blob(key).download_as_bytes()
+
+    def keys(self, prefix: str) -> list[str]:
+        return sorted(b.name for b in self.client.list_blobs(BUCKET, prefix=prefix))
+
+
+class S3Bucket:
+    scheme = "s3"
+
+    def __init__(self, endpoint: str, tmp: pathlib.Path):
+        import boto3
+
+        self.endpoint = endpoint
+        self.s3 = boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1",
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        )
+        self.s3.create_bucket(Bucket=BUCKET)
+
+    def env(self) -> dict[str, str]:
+        return {}
+
+    def flags(self) -> list[str]:
+        # Beam's S3 options; the launcher and the workers both read them.
+        return [
+            f"--s3_endpoint_url={self.endpoint}",
+            "--s3_access_key_id=testing",
+            "--s3_secret_access_key=testing",
+            "--s3_region_name=us-east-1",
+        ]
+
+    def put(self, key: str, path: pathlib.Path) -> None:
+        self.s3.upload_file(str(path), BUCKET, key)
+
+    def get(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+    def keys(self, prefix: str) -> list[str]:
+        listing = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+        return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gcs")
+    port = _free_port()
+    argv = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+            "--port", str(port), "--in-memory", "--default-bucket", BUCKET]
+    with _server(argv, port, tmp / "server.log") as endpoint:
+        yield GcsBucket(endpoint, tmp)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("s3")
+    port = _free_port()
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with _server(argv, port, tmp / "server.log") as endpoint:
+        yield S3Bucket(endpoint, tmp)
+
+
+@pytest.fixture(params=["gcs", "s3"])
+def bucket(request):
+    return request.getfixturevalue(request.param)
+
+
+def _stage(bucket, model_dir: str, tmp: pathlib.Path, prefix: str) -> dict[str, str]:
+    """Upload the model dir and two Parquet files of pairs; return the job's URLs."""
+    base = f"{bucket.scheme}://{BUCKET}/{prefix}"
+    for path in sorted(pathlib.Path(model_dir).rglob("*")):
+        if path.is_file():
+            bucket.put(f"{prefix}/model/{path.relative_to(model_dir).as_posix()}", path)
+    rows = PAIRS + BAD_ROWS
+    halves = [rows[: len(rows) // 2], rows[len(rows) // 2 :]]
+    for i, part in enumerate(halves):
+        write_pairs(tmp / f"part-{i}.parquet", part)
+        bucket.put(f"{prefix}/pairs/part-{i}.parquet", tmp / f"part-{i}.parquet")
+    return {
+        "input": f"{base}/pairs/*.parquet",
+        "model": f"{base}/model",
+        "output": f"{base}/out",
+    }
+
+
+def _parquet(bucket, keys: list[str]) -> pa.Table:
+    return pa.concat_tables([pq.read_table(io.BytesIO(bucket.get(k))) for k in keys])
+
+
+def _check_output(bucket, prefix: str, urls: dict[str, str], model_dir: str) -> dict:
+    keys = bucket.keys(f"{prefix}/out/")
+    labels = [k for k in keys if k.startswith(f"{prefix}/out/labels/") and k.endswith(".parquet")]
+    rejects = [k for k in keys if k.startswith(f"{prefix}/out/rejects/")
+               and k.endswith(".parquet")]
+    assert labels and rejects, keys
+    assert f"{prefix}/out/summary.json" in keys and f"{prefix}/out/_SUCCESS" in keys, keys
+    assert not [k for k in keys if "/_staging/" in k], "staged files left behind"
+
+    from model.predict import Scorer
+
+    good = {pid: (a, b) for pid, a, b in PAIRS}
+    table = _parquet(bucket, labels).sort_by("pair_id")
+    ids = table["pair_id"].to_pylist()
+    assert ids == sorted(good)
+    local = Scorer(model_dir)
+    expected = local.score([good[i][0] for i in ids], [good[i][1] for i in ids])
+    scores = table["score"].to_numpy()
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-5)
+    threshold = local.metadata.threshold
+    assert table["is_duplicate"].to_pylist() == [bool(s >= threshold) for s in scores]
+
+    rejected = _parquet(bucket, rejects).to_pydict()
+    assert dict(zip(rejected["pair_id"], rejected["reason"])) == BAD_REASONS
+
+    summary = json.loads(bucket.get(f"{prefix}/out/summary.json"))
+    assert summary["rows_in"] == len(PAIRS) + len(BAD_ROWS)
+    assert summary["scored"] == len(PAIRS) and summary["rejected"] == len(BAD_ROWS)
+    assert summary["invariant_holds"] is True
+    assert summary["model"] == urls["model"]
+    assert summary["input_files"] == 2
+    assert summary["counters"]["rows_scored_on_cpu"] == len(PAIRS)
+    return summary
+
+
+def _argv(urls: dict[str, str], bucket) -> list[str]:
+    return ["score", "--input", urls["input"], "--output", urls["output"],
+            "--model", urls["model"], *bucket.flags()]
+
+
+def test_score_reads_and_writes_the_bucket(bucket, bilstm_model, tmp_path, monkeypatch, capsys):
+    for name, value in bucket.env().items():
+        monkeypatch.setenv(name, value)
+    prefix = f"inproc-{bucket.scheme}"
+    urls = _stage(bucket, bilstm_model, tmp_path, prefix)
+
+    started = time.perf_counter()
+    assert cli.main(_argv(urls, bucket)) == 0
+    elapsed = time.perf_counter() - started
+    summary = _check_output(bucket, prefix, urls, bilstm_model)
+    with capsys.disabled():
+        print(f"\n{bucket.scheme}://: {summary['rows_in']} rows, scored {summary['scored']}, "
+              f"rejected {summary['rejected']}, command {elapsed:.1f}s, "
+              f"job {summary['elapsed_s']}s")
+
+    # A finished run is refused without --overwrite, which means _SUCCESS was seen there.
+    capsys.readouterr()
+    assert cli.main(_argv(urls, bucket)) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_missing_model_in_bucket_is_named(bucket, tmp_path, monkeypatch, capsys):
+    for name, value in bucket.env().items():
+        monkeypatch.setenv(name, value)
+    prefix = f"nomodel-{bucket.scheme}"
+    write_pairs(tmp_path / "p.parquet", PAIRS[:2])
+    bucket.put(f"{prefix}/pairs/p.parquet", tmp_path / "p.parquet")
+    base = f"{bucket.scheme}://{BUCKET}/{prefix}"
+    argv = ["score", "--input", f"{base}/pairs/*.parquet", "--output", f"{base}/out",
+            "--model", f"{base}/no-such-model", *bucket.flags()]
+    assert cli.main(argv) == 2
+    assert f"model directory {base}/no-such-model does not exist" in capsys.readouterr().err
+    assert bucket.keys(f"{prefix}/out/") == []
+
+
+@pytest.mark.slow
+def test_console_script_in_a_fresh_process(bucket, bilstm_model, tmp_path):
+    """The installed `pairscore` command, configured only by its flags and environment."""
+    prefix = f"cli-{bucket.scheme}"
+    urls = _stage(bucket, bilstm_model, tmp_path, prefix)
+    env = {**os.environ, **bucket.env()}
+    exe = pathlib.Path(sys.executable).with_name("pairscore")
+    done = subprocess.run([str(exe), *_argv(urls, bucket)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _check_output(bucket, prefix, urls, bilstm_model)
