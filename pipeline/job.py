@@ -66,12 +66,12 @@ class ScoreOptions(PipelineOptions):
         parser.add_argument("--overwrite", action="store_true", default=False,
                             help="replace an output directory that holds a finished run")
         parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int,
-                            default=None, help="max pairs per model call (CPU 256, GPU 1024)")
+                            default=None, help="max pairs per model call (CPU 128, GPU 1024)")
         parser.add_argument("--max-batch-tokens", "--max_batch_tokens", dest="max_batch_tokens",
                             type=int, default=None,
                             help="max padded tokens per side per model call")
         parser.add_argument("--rebatch-rows", "--rebatch_rows", dest="rebatch_rows", type=int,
-                            default=8192, help="rows gathered before sorting by length")
+                            default=16384, help="rows gathered before sorting by length")
         parser.add_argument("--large-model", "--large_model", dest="large_model",
                             action="store_true", default=False,
                             help="share one model per worker across SDK processes")
@@ -162,7 +162,8 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         raise JobError(str(e)) from None
     threshold = opts.threshold if opts.threshold is not None else float(meta["threshold"])
     gpu = opts.device == "gpu"
-    batch_size = opts.batch_size or (1024 if gpu else 256)
+    # CPU: 128 pads less than 256 (finer length groups) at the same model cost per token.
+    batch_size = opts.batch_size or (1024 if gpu else 128)
     max_tokens = opts.max_batch_tokens or batch_size * (64 if gpu else 32)
     if not dry_run:
         pio.prepare_output(opts.output, opts.overwrite)

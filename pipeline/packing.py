@@ -93,23 +93,53 @@ def token_lengths(ids: list[np.ndarray]) -> np.ndarray:
     return np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
 
 
+def pair_order(len_a: np.ndarray, len_b: np.ndarray, step: int = 4) -> np.ndarray:
+    """Row order for pair batches: by left length in steps of `step` tokens, and within
+    a step by right length, alternately up and down (a snake through the grid), so that
+    neighbours are close in both lengths. Each side is padded to its own longest row, so
+    sorting by the longer side alone leaves the shorter side's padding to chance."""
+    band = np.asarray(len_a) // step
+    return np.lexsort((np.where(band % 2 == 0, len_b, -np.asarray(len_b)), band))
+
+
 def plan_batches(
-    lengths: np.ndarray, max_batch_size: int, max_batch_tokens: int
+    lengths: np.ndarray, max_batch_size: int, max_batch_tokens: int,
+    order: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Row indices per batch: rows sorted by length, cut so that each batch's padded size
-    (rows x longest row) stays within `max_batch_tokens` and `max_batch_size` rows."""
-    order = np.argsort(lengths, kind="stable")
+    """Row indices per batch: rows in `order` (default: sorted by length), cut so that
+    each batch's padded size (rows x longest row) stays within `max_batch_tokens` and
+    `max_batch_size` rows."""
+    order = np.argsort(lengths, kind="stable") if order is None else np.asarray(order)
     ordered = np.asarray(lengths)[order]
     batches, start, n = [], 0, len(order)
     while start < n:
-        window = ordered[start : start + max_batch_size]
-        # Sorted ascending, so a batch of the first j rows is j x window[j-1] tokens when
-        # padded; that product never decreases in j, hence a binary search.
+        window = np.maximum.accumulate(ordered[start : start + max_batch_size])
+        # A batch of the first j rows pads to j x window[j-1] tokens (the running
+        # longest); that never decreases in j, hence a binary search.
         padded = np.arange(1, len(window) + 1) * window
         size = max(1, int(np.searchsorted(padded, max_batch_tokens, side="right")))
         batches.append(order[start : start + size])
         start += size
     return batches
+
+
+def padded_tokens(batches: list[np.ndarray], len_a: np.ndarray, len_b: np.ndarray) -> int:
+    """Tokens the model computes for these pair batches (each side padded on its own)."""
+    return int(sum(len(i) * (int(len_a[i].max()) + int(len_b[i].max())) for i in batches if len(i)))
+
+
+def plan_pair_batches(
+    len_a: np.ndarray, len_b: np.ndarray, max_batch_size: int, max_batch_tokens: int
+) -> list[np.ndarray]:
+    """Pair batches under the limits (on the longer side), in whichever of two orders
+    pads less here: by longer side (best when a pair's texts are alike in length) or
+    `pair_order` (best when they are not, given enough rows per batch to choose from)."""
+    longer = np.maximum(len_a, len_b)
+    plans = [
+        plan_batches(longer, max_batch_size, max_batch_tokens),
+        plan_batches(longer, max_batch_size, max_batch_tokens, pair_order(len_a, len_b)),
+    ]
+    return min(plans, key=lambda plan: padded_tokens(plan, len_a, len_b))
 
 
 def pad_rows(ids: list[np.ndarray], lengths: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -152,7 +182,7 @@ def pack_table(
         table = table.take(pa.array(keep_idx))
     rows = table.select(keep_columns)
     out = []
-    for idx in plan_batches(np.maximum(len_l, len_r), max_batch_size, max_batch_tokens):
+    for idx in plan_pair_batches(len_l, len_r, max_batch_size, max_batch_tokens):
         out.append(
             PackedBatch(
                 rows=rows.take(pa.array(idx)),
