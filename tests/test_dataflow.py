@@ -218,3 +218,33 @@ def test_no_profile_changes_nothing():
 def test_profile_errors_name_the_fix(argv, message):
     with pytest.raises(JobError, match=re.escape(message)):
         profiles.expand(argv)
+
+
+def test_gpu_batches_are_larger_and_settable():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.job import ScoreOptions, resolve
+
+    def cfg(*flags):
+        argv = ["--input=gs://b/p.parquet", "--output=gs://b/out", "--model=gs://b/m", *flags]
+        return resolve(PipelineOptions(argv).view_as(ScoreOptions), dry_run=True)
+
+    cpu, gpu, tuned = cfg(), cfg("--device=gpu"), cfg("--device=gpu", "--batch-size=4096")
+    assert gpu.batch_size > cpu.batch_size and gpu.max_batch_tokens > cpu.max_batch_tokens
+    assert (gpu.batch_size, gpu.max_batch_tokens) == (1024, 1024 * 64)
+    assert (tuned.batch_size, tuned.max_batch_tokens) == (4096, 4096 * 64)
+
+
+def test_one_shared_model_copy_scores_locally(bilstm_model, tmp_path):
+    """The profile's --model_copies 1 puts the model behind Beam's multi-process proxy;
+    the same path runs here on the local runner, on CPU."""
+    from tests.conftest import PAIRS, write_pairs
+
+    write_pairs(tmp_path / "pairs.parquet", PAIRS)
+    result = run([
+        f"--input={tmp_path / 'pairs.parquet'}", f"--output={tmp_path / 'out'}",
+        f"--model={bilstm_model}", "--model_copies=1", "--device=gpu", "--mode=pairs",
+    ])
+    summary = result.summary
+    assert summary["scored"] == len(PAIRS) and summary["invariant_holds"]
+    assert summary["counters"]["rows_scored_on_cpu"] == len(PAIRS)
