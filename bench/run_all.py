@@ -1,0 +1,99 @@
+"""Run every benchmark (`make bench`) and print their figures as one table.
+
+    python bench/run_all.py [--only overhead,unique,feed,memory,naive,precision]
+
+Each benchmark is also a script of its own (see its docstring for the command and what
+it measures); each saves its figures to out/bench/NAME.json. Figures are ratios of
+runs made in the same invocation: on shared cores absolute rates move, ratios much
+less (and the CPU-second ones least). Needs ../shared/data (real texts); without it
+every benchmark says so and exits 0. Takes about an hour on 2 shared cores, most of
+it MiniLM in pair mode and bilstm over 1M pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common, feed, memory, naive, overhead, precision, unique_speedup  # noqa: E402
+
+BENCHES = {
+    "overhead": lambda: common.report("overhead", overhead.run(20_000, ["minilm", "bilstm"], 1)),
+    "unique": lambda: common.report(
+        "unique_speedup_minilm", unique_speedup.run(4000, [1.0, 4.0, 16.0], "minilm")),
+    "feed": lambda: common.report("feed", feed.run(200_000, "minilm", 2)),
+    "memory": lambda: common.report(
+        "memory", memory.run(100_000, 1_000_000, "bilstm", ["pairs", "unique"])),
+    "naive": lambda: common.report("naive", naive.run(2000, "minilm")),
+    "precision": lambda: common.report("precision", precision.run(3000, ["minilm", "bilstm"], 1)),
+}
+
+
+def summary_rows() -> list[tuple[str, str, str]]:
+    """(figure, value, target) from the saved results."""
+    import json
+
+    def load(name):
+        path = common.WORK / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    rows = []
+    if o := load("overhead"):
+        for kind in ("minilm", "bilstm"):
+            if kind in o:
+                f = o[kind]
+                rows.append((f"job/direct {kind} (CPU; wall)",
+                             f"{f['job_over_direct_cpu']}; {f['job_over_direct_wall']}",
+                             ">= 0.85" if kind == "minilm" else "report"))
+                rows.append((f"padding real/computed {kind}", str(f["padding_efficiency_job"]),
+                             ">= 0.85"))
+    if u := load("unique_speedup_minilm"):
+        for key in [k for k in u if k.startswith("k=")]:
+            f = u[key]
+            rows.append((f"unique/pairs {key} steady (CPU; wall)",
+                         f"{f['speedup_steady_cpu']}; {f['speedup_steady_wall']}",
+                         f">= {f['target']} (ideal {f['ideal']})"))
+            rows.append((f"unique/pairs {key} whole job (CPU; wall)",
+                         f"{f['speedup_cpu']}; {f['speedup_wall']}", "report"))
+    if f := load("feed"):
+        rows.append(("feed: no-op job / tokenizer per core",
+                     str(f["job_over_tokenizer_per_core"]), ">= 0.7"))
+    if m := load("memory"):
+        for mode in ("pairs", "unique"):
+            if mode in m:
+                rows.append((f"peak RSS 1M / 100k ({mode} mode)", str(m[mode]["peak_rss_ratio"]),
+                             "<= 1.3"))
+    if n := load("naive"):
+        rows.append(("ours / obvious pipeline (CPU; wall)",
+                     f"{n['speedup_cpu']}; {n['speedup_wall']}", ">= 5"))
+    if p := load("precision"):
+        for kind in ("minilm", "bilstm"):
+            if kind in p:
+                f = p[kind]
+                rows.append((f"bfloat16 speedup {kind} (direct CPU); max diff",
+                             f"{f['speedup_direct_cpu']}; {f['max_score_diff']}",
+                             "default if diff <= 0.01 and faster"))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default=",".join(BENCHES))
+    a = p.parse_args()
+    common.require_shared_data()
+    for name in a.only.split(","):
+        started = time.time()
+        print(f"== {name}", flush=True)
+        BENCHES[name]()
+        print(f"== {name} took {time.time() - started:.0f}s", flush=True)
+    print("\nfigure | value | target")
+    for row in summary_rows():
+        print(" | ".join(row))
+
+
+if __name__ == "__main__":
+    main()
