@@ -188,22 +188,42 @@ class ReadPairs(parquetio.ReadFromParquetBatched):
         self._source = _ParquetSource(file_pattern, validate=validate)
 
 
-def read_output_column(paths: list[str], column: str) -> pa.ChunkedArray:
-    tables = []
-    for path in paths:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            tables.append(pq.read_table(f, columns=[column]))
-    if not tables:
-        return pa.chunked_array([], pa.null())
-    return pa.concat_tables(tables)[column]
+@dataclasses.dataclass
+class Tally:
+    scored: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    distinct_ids: int = 0
+    by_reason: dict = dataclasses.field(default_factory=dict)
 
 
-def count_rows(paths: list[str]) -> int:
-    total = 0
-    for path in paths:
+def tally_outputs(label_files: list[str], reject_files: list[str], id_column: str) -> Tally:
+    """Count what the job wrote, reading each file once and only the columns needed.
+
+    Distinct ids are counted as 64-bit hashes (8 bytes a row, whatever the id type) so
+    that the launcher holds one file's ids at a time, not the whole output's.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    tally = Tally()
+    hashes = []
+    for path in label_files:
         with FileSystems.open(path, compression_type="uncompressed") as f:
-            total += pq.ParquetFile(f).metadata.num_rows
-    return total
+            table = pq.read_table(f, columns=[id_column, "is_duplicate"])
+        tally.scored += table.num_rows
+        tally.duplicates += int(pc.sum(table["is_duplicate"]).as_py() or 0)
+        ids = table[id_column].to_pylist()
+        hashes.append(np.fromiter((hash(i) for i in ids), dtype=np.int64, count=len(ids)))
+    tally.distinct_ids = int(len(np.unique(np.concatenate(hashes)))) if hashes else 0
+    for path in reject_files:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            reasons = pq.read_table(f, columns=["reason"])["reason"]
+        tally.rejected += len(reasons)
+        for item in pc.value_counts(reasons.combine_chunks()).to_pylist():
+            key = item["values"]
+            tally.by_reason[key] = tally.by_reason.get(key, 0) + item["counts"]
+    return tally
 
 
 def write_text(path: str, text: str) -> None:

@@ -111,6 +111,7 @@ class JobConfig:
     rebatch_rows: int
     input_schema: pa.Schema
     rows_in: int | None
+    input_files: int = 0
     large_model: bool = False
     model_copies: int | None = None
     fail_once_marker: str | None = None
@@ -186,6 +187,7 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         rebatch_rows=opts.rebatch_rows,
         input_schema=scan.schema,
         rows_in=rows_in,
+        input_files=len(scan.files),
         large_model=opts.large_model,
         model_copies=opts.model_copies,
         fail_once_marker=opts.test_fail_once,
@@ -432,23 +434,15 @@ def finalize(cfg: JobConfig, result: PipelineResult, runner: str, elapsed: float
     summary.json, then _SUCCESS. Otherwise leave it staged, write summary.json and fail."""
     label_files = pio.output_files(pio.staging(cfg.output), pio.LABELS)
     reject_files = pio.output_files(pio.staging(cfg.output), pio.REJECTS)
-    scored = pio.count_rows(label_files)
-    rejected = pio.count_rows(reject_files)
-    dup = pio.read_output_column(label_files, "is_duplicate")
-    reasons = pio.read_output_column(reject_files, REASON)
-    by_reason = {}
-    if len(reasons):
-        for item in pa.compute.value_counts(reasons.combine_chunks()).to_pylist():
-            by_reason[item["values"]] = item["counts"]
-    ids = pio.read_output_column(label_files, cfg.id_column)
-    distinct = pa.compute.count_distinct(ids).as_py() if len(ids) else 0
+    tally = pio.tally_outputs(label_files, reject_files, cfg.id_column)
+    scored, rejected = tally.scored, tally.rejected
     summary = {
         "rows_in": cfg.rows_in,
         "scored": scored,
         "rejected": rejected,
-        "rejected_by_reason": dict(sorted(by_reason.items())),
-        "duplicates": int(pa.compute.sum(dup).as_py() or 0) if len(dup) else 0,
-        "duplicate_ids_scored": scored - distinct,
+        "rejected_by_reason": dict(sorted(tally.by_reason.items())),
+        "duplicates": tally.duplicates,
+        "duplicate_ids_scored": scored - tally.distinct_ids,
         "threshold": cfg.threshold,
         "model": cfg.model,
         "model_fingerprint": cfg.fingerprint,
@@ -457,7 +451,7 @@ def finalize(cfg: JobConfig, result: PipelineResult, runner: str, elapsed: float
         "repeat_estimate": cfg.repeat_estimate,
         "elapsed_s": round(elapsed, 3),
         "pairs_per_s": round(cfg.rows_in / elapsed, 1) if elapsed > 0 else None,
-        "input_files": len(pio.scan_inputs(cfg.input).files),
+        "input_files": cfg.input_files,
         "counters": _counters(result),
     }
     summary["invariant_holds"] = cfg.rows_in == scored + rejected
