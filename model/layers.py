@@ -26,6 +26,10 @@ class DistanceHead(layers.Layer):
     l1: Dense(1 - |u - v|), the source article's head; concat: Dense([u, v]), its BERT
     recipe; cosine: sigmoid(a * cos(u, v) + b); manhattan: sigmoid(a * exp(-|u - v|_1) + b)
     (MaLSTM); sbert: Dense([u, v, |u - v|, u * v]).
+
+    The one-feature heads (cosine, manhattan) start at a = 5, b = -2.5 (even odds at
+    similarity 0.5): a random a can be negative, and then training pushes paraphrases
+    apart until a changes sign, which at BERT learning rates takes most of an epoch.
     """
 
     def __init__(self, distance="l1", dropout=0.0, **kwargs):
@@ -33,7 +37,13 @@ class DistanceHead(layers.Layer):
         self.distance = Distance.parse(distance).value
         self.dropout = float(dropout)
         self.drop = layers.Dropout(self.dropout) if self.dropout else None
-        self.classifier = layers.Dense(1, activation="sigmoid", name="classifier")
+        init = {}
+        if self.distance in (Distance.COSINE, Distance.MANHATTAN):
+            init = {
+                "kernel_initializer": keras.initializers.Constant(5.0),
+                "bias_initializer": keras.initializers.Constant(-2.5),
+            }
+        self.classifier = layers.Dense(1, activation="sigmoid", name="classifier", **init)
 
     def features(self, u, v):
         d = self.distance

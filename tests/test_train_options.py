@@ -385,3 +385,12 @@ def test_cross_validation_holds_out_each_fold_once(binary_data, tmp_path, capsys
                 "2",
             ]
         )
+
+
+def test_one_feature_heads_start_with_a_positive_slope():
+    u = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]], "float32")
+    v = np.array([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.2]], "float32")  # cos 1, 0.71, -0.98
+    for distance in ("cosine", "manhattan"):
+        scores = np.asarray(DistanceHead(distance)(u, v))
+        assert scores[0] > scores[1] > scores[2], distance
+        assert scores[0] > 0.9
