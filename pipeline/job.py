@@ -85,6 +85,10 @@ class ScoreOptions(PipelineOptions):
                             help="pairs: encode both texts of every pair; unique: encode each "
                             "distinct text once (pipeline/unique.py); auto: unique when a "
                             "sample of the input shows repeated texts")
+        parser.add_argument("--unique-join", "--unique_join", dest="unique_join",
+                            choices=unique.JOINS, default="auto",
+                            help="unique mode: join embeddings to pairs by side input (small "
+                            "sets) or by shuffle (millions of distinct texts); auto sizes it")
         parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                             help="bfloat16: oneDNN mixed precision on CPU, faster but scores "
                             "differ (see docs/performance.md)")
@@ -118,6 +122,8 @@ class JobConfig:
     mode: str = "pairs"
     repeat_estimate: float | None = None
     text_buckets: int = 1
+    unique_join: str = "side-input"
+    join_buckets: int = 1
     precision: str = "float32"
 
     @property
@@ -170,7 +176,8 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         pio.prepare_output(opts.output, opts.overwrite)
     tok = meta.get("tokenizer", {})
     specials = (tok.get("cls_token") is not None) + (tok.get("sep_token") is not None)
-    mode = unique.choose_mode(opts.mode, scan.files, text_columns, rows_in, dry_run)
+    mode = unique.choose_mode(opts.mode, scan.files, text_columns, rows_in, dry_run,
+                              int(meta.get("embedding_dim") or 0), opts.unique_join)
     return JobConfig(
         input=opts.input,
         output=opts.output,
@@ -194,6 +201,8 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         mode=mode.mode,
         repeat_estimate=mode.repeat_estimate,
         text_buckets=mode.buckets,
+        unique_join=mode.join,
+        join_buckets=mode.join_buckets,
         precision=opts.precision,
     )
 
@@ -448,6 +457,7 @@ def finalize(cfg: JobConfig, result: PipelineResult, runner: str, elapsed: float
         "model_fingerprint": cfg.fingerprint,
         "runner": runner,
         "mode": cfg.mode,
+        "unique_join": cfg.unique_join if cfg.mode == "unique" else None,
         "repeat_estimate": cfg.repeat_estimate,
         "elapsed_s": round(elapsed, 3),
         "pairs_per_s": round(cfg.rows_in / elapsed, 1) if elapsed > 0 else None,

@@ -49,6 +49,13 @@ SAMPLE_ROWS = 50_000
 TEXTS_PER_BUCKET = 1_000_000
 # Pairs per score_embeddings call: the head is a few small matmuls, so batches can be big.
 SCORE_BATCH = 4096
+JOINS = ("auto", "side-input", "shuffle")
+# The side-input join broadcasts every embedding to every worker (and SDK process); past
+# this estimated size the join goes through the shuffle instead.
+SIDE_INPUT_MAX_BYTES = 512 << 20
+# Pairs per join bucket in the shuffle join: a bucket's pairs, with one side's
+# embeddings attached, are held by one worker.
+PAIRS_PER_JOIN_BUCKET = 100_000
 
 
 # ---------------------------------------------------------------------------------------
@@ -285,6 +292,73 @@ def attach_embeddings(
     return out, no_tokens
 
 
+def split_rows_by_bucket(column, buckets: int) -> list[tuple[int, np.ndarray]]:
+    """(bucket, row indices) for the rows of `column`, bucketed by `text_hash`."""
+    if buckets <= 1:
+        return [(0, np.arange(len(column)))]
+    bucket = (text_hash(column) % np.uint64(buckets)).astype(np.int64)
+    order = np.argsort(bucket, kind="stable")
+    bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
+    return [(b, order[bounds[b] : bounds[b + 1]]) for b in range(buckets)
+            if bounds[b + 1] > bounds[b]]
+
+
+@dataclasses.dataclass
+class PairPart:
+    """Rows of valid pairs (all input columns) on their way through the shuffle join,
+    with the left texts' embeddings once the first join has attached them."""
+
+    table: pa.Table
+    left: np.ndarray | None = None  # float32[n, D]
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+
+def join_left(
+    texts: list[TextBatch], parts: list[pa.Table], text_columns: tuple[str, str],
+    buckets: int,
+) -> tuple[list[tuple[int, PairPart]], list[pa.Table]]:
+    """First join, in one bucket of left texts: attach left embeddings, then key the rows
+    by their right text's bucket. Also the rows whose left text has no tokens."""
+    index = EmbeddingIndex.build(texts)
+    out, no_tokens = [], []
+    for table in parts:
+        pos = index.lookup(table[text_columns[0]])
+        ok = index.ok[pos]
+        if not ok.all():
+            no_tokens.append(table.filter(pa.array(~ok)))
+            keep = np.flatnonzero(ok)
+            table, pos = table.take(pa.array(keep)), pos[keep]
+        for b, idx in split_rows_by_bucket(table[text_columns[1]], buckets):
+            out.append((b, PairPart(table.take(pa.array(idx)), index.embeddings[pos[idx]])))
+    return out, no_tokens
+
+
+def join_right(
+    texts: list[TextBatch], parts: list[PairPart], text_columns: tuple[str, str],
+    keep_columns: list[str], batch_size: int = SCORE_BATCH,
+) -> tuple[list[EmbeddedBatch], list[pa.Table]]:
+    """Second join, in one bucket of right texts: score-ready batches, and the rows
+    whose right text has no tokens."""
+    index = EmbeddingIndex.build(texts)
+    out, no_tokens = [], []
+    for part in parts:
+        table, left = part.table, part.left
+        pos = index.lookup(table[text_columns[1]])
+        ok = index.ok[pos]
+        if not ok.all():
+            no_tokens.append(table.filter(pa.array(~ok)))
+            keep = np.flatnonzero(ok)
+            table, left, pos = table.take(pa.array(keep)), left[keep], pos[keep]
+        rows = table.select(keep_columns)
+        for start in range(0, rows.num_rows, batch_size):
+            sl = slice(start, start + batch_size)
+            out.append(EmbeddedBatch(rows.slice(start, batch_size), left[sl],
+                                     index.embeddings[pos[sl]]))
+    return out, no_tokens
+
+
 # ---------------------------------------------------------------------------------------
 # Choosing the mode
 
@@ -294,7 +368,9 @@ class ModeChoice:
     mode: str  # "pairs" | "unique"
     repeat_estimate: float | None  # 2 x pairs / distinct texts in the sample, if read
     sample_rows: int
-    buckets: int
+    buckets: int  # dedup buckets (CombinePerKey keys)
+    join: str = "side-input"  # unique mode: "side-input" | "shuffle"
+    join_buckets: int = 1
 
 
 def estimate_repeat(files: list[str], text_columns: tuple[str, str],
@@ -332,23 +408,40 @@ def estimate_repeat(files: list[str], text_columns: tuple[str, str],
 
 
 def choose_mode(requested: str, files: list[str], text_columns: tuple[str, str],
-                rows_in: int | None, dry_run: bool = False) -> ModeChoice:
-    """Resolve `--mode`: `auto` reads a sample and picks unique mode when texts repeat."""
+                rows_in: int | None, dry_run: bool = False, embedding_dim: int = 0,
+                join: str = "auto") -> ModeChoice:
+    """Resolve `--mode` and `--unique-join` before the job starts.
+
+    `auto` mode reads a sample and picks unique mode when its texts repeat at least
+    `AUTO_MIN_REPEAT` times. The join is a side input while the estimated embeddings
+    (distinct texts x embedding_dim float32) stay under `SIDE_INPUT_MAX_BYTES`, else the
+    bucketed shuffle join.
+    """
     if requested not in MODES:
         raise ValueError(f"unknown mode {requested!r}; allowed: {', '.join(MODES)}")
-    buckets = max(1, math.ceil(2 * (rows_in or 0) / TEXTS_PER_BUCKET))
-    if requested != "auto" or dry_run or not files:
-        return ModeChoice("pairs" if requested == "auto" else requested, None, 0, buckets)
-    try:
-        repeat, sampled = estimate_repeat(files, text_columns)
-    except Exception as e:  # noqa: BLE001  (a bad file fails the job later, naming it)
-        log.warning("mode auto: cannot sample the input (%s: %s); using pairs",
-                    type(e).__name__, e)
-        return ModeChoice("pairs", None, 0, buckets)
-    mode = "unique" if repeat is not None and repeat >= AUTO_MIN_REPEAT else "pairs"
-    log.info("mode auto: %s (%.2f text slots per distinct text in the first %d rows)",
-             mode, repeat or 0.0, sampled)
-    return ModeChoice(mode, None if repeat is None else round(repeat, 3), sampled, buckets)
+    if join not in JOINS:
+        raise ValueError(f"unknown join {join!r}; allowed: {', '.join(JOINS)}")
+    rows = rows_in or 0
+    buckets = max(1, math.ceil(2 * rows / TEXTS_PER_BUCKET))
+    join_buckets = max(1, math.ceil(rows / PAIRS_PER_JOIN_BUCKET))
+    repeat, sampled = None, 0
+    if requested != "pairs" and not dry_run and files:
+        try:
+            repeat, sampled = estimate_repeat(files, text_columns)
+        except Exception as e:  # noqa: BLE001  (a bad file fails the job later, naming it)
+            log.warning("cannot sample the input (%s: %s)", type(e).__name__, e)
+    if requested == "auto":
+        mode = "unique" if repeat is not None and repeat >= AUTO_MIN_REPEAT else "pairs"
+        log.info("mode auto: %s (%.2f text slots per distinct text in the first %d rows)",
+                 mode, repeat or 0.0, sampled)
+    else:
+        mode = requested
+    if join == "auto":
+        distinct = 2 * rows / max(repeat or 1.0, 1.0)
+        join = "side-input" if distinct * max(embedding_dim, 1) * 4 <= SIDE_INPUT_MAX_BYTES else (
+            "shuffle")
+    return ModeChoice(mode, None if repeat is None else round(repeat, 3), sampled, buckets,
+                      join, join_buckets)
 
 
 # ---------------------------------------------------------------------------------------
@@ -485,6 +578,63 @@ class AttachEmbeddingsFn(beam.DoFn):
         yield from batches
 
 
+class KeyEmbeddingsFn(beam.DoFn):
+    """Encoded (or no-token) texts -> (join bucket, the batch's texts of that bucket)."""
+
+    def __init__(self, buckets: int):
+        self.buckets = buckets
+
+    def process(self, batch):
+        for b, idx in split_rows_by_bucket(batch.texts, self.buckets):
+            sel = pa.array(idx)
+            emb = None if batch.embeddings is None else batch.embeddings[idx]
+            yield b, TextBatch(batch.texts.take(sel), None, 0, emb)
+
+
+class KeyPairsFn(beam.DoFn):
+    """Valid pairs -> (bucket of the left text, those rows)."""
+
+    def __init__(self, cfg):
+        self.text_columns = cfg.text_columns
+        self.buckets = cfg.join_buckets
+
+    def process(self, table):
+        for b, idx in split_rows_by_bucket(table[self.text_columns[0]], self.buckets):
+            yield b, table.take(pa.array(idx))
+
+
+class JoinLeftFn(beam.DoFn):
+    def __init__(self, cfg):
+        self.text_columns = cfg.text_columns
+        self.buckets = cfg.join_buckets
+        self.rejected = Metrics.counter(NAMESPACE, "rows_rejected")
+
+    def process(self, grouped):
+        _, joined = grouped
+        parts, no_tokens = join_left(list(joined["texts"]), list(joined["pairs"]),
+                                     self.text_columns, self.buckets)
+        for table in no_tokens:
+            self.rejected.inc(table.num_rows)
+            yield beam.pvalue.TaggedOutput("rejects", reject_all(table, "no_tokens"))
+        yield from parts
+
+
+class JoinRightFn(beam.DoFn):
+    def __init__(self, cfg):
+        self.text_columns = cfg.text_columns
+        self.keep = [cfg.id_column, *[c for c in cfg.keep_columns if c != cfg.id_column]]
+        self.rejected = Metrics.counter(NAMESPACE, "rows_rejected")
+
+    def process(self, grouped):
+        _, joined = grouped
+        batches, no_tokens = join_right(list(joined["texts"]), list(joined["pairs"]),
+                                        self.text_columns, self.keep)
+        for table in no_tokens:
+            self.rejected.inc(table.num_rows)
+            yield beam.pvalue.TaggedOutput("rejects", reject_all(table, "no_tokens"))
+        yield from batches
+
+
 class EncodeHandler(PairModelHandler):
     """RunInference over `TextBatch`es with the `encode` signature."""
 
@@ -522,7 +672,8 @@ def _handler(cls, cfg, share_key: str):
 
 
 class EncodeDistinctTexts(beam.PTransform):
-    """Arrow tables of candidate pairs (as read) -> one `EmbeddingIndex` of their texts."""
+    """Arrow tables of candidate pairs (as read) -> `TextBatch`es holding each distinct
+    valid text once, with its embedding (or none: no tokens)."""
 
     def __init__(self, cfg, share_key: str):
         super().__init__()
@@ -546,11 +697,7 @@ class EncodeDistinctTexts(beam.PTransform):
         encoded = to_encode | "EncodeTexts" >> RunInference(
             _handler(EncodeHandler, cfg, self.share_key)
         )
-        return (
-            (encoded, no_tokens)
-            | "AllTexts" >> beam.Flatten()
-            | "IndexEmbeddings" >> beam.CombineGlobally(IndexFn())
-        )
+        return (encoded, no_tokens) | "AllTexts" >> beam.Flatten()
 
 
 class ScoreUnique(beam.PTransform):
@@ -558,8 +705,17 @@ class ScoreUnique(beam.PTransform):
 
     The texts branch takes its own copy of the input: when `texts` is a second read of
     the files (as `pipeline.job.build` arranges), the pairs branch streams from that read
-    once the index is built instead of the runner holding every pair until then, so
-    memory follows the number of distinct texts, not of pairs.
+    once the embeddings are ready instead of the runner holding every pair until then.
+
+    Joining embeddings back to pairs (`cfg.unique_join`):
+    - side-input: all embeddings in one `EmbeddingIndex`, a side input of
+      AttachEmbeddings. The pairs never shuffle; memory is the distinct texts'
+      embeddings on every worker. For up to a few hundred thousand distinct texts.
+    - shuffle: the embeddings and the pairs both keyed by text-hash bucket; a
+      CoGroupByKey attaches the left embeddings, a second one (pairs re-keyed by their
+      right text) the right ones. Each worker holds one bucket: for millions of
+      distinct texts. (The local FnApiRunner keeps whole shuffles in memory, so
+      locally the side input is the lean one.)
     """
 
     def __init__(self, cfg):
@@ -572,11 +728,31 @@ class ScoreUnique(beam.PTransform):
         # Both model steps share one loaded model per process (made at graph construction,
         # so every worker sees the same key).
         share_key = uuid.uuid4().hex
-        index = texts | "EncodeDistinctTexts" >> EncodeDistinctTexts(cfg, share_key)
-        attached = valid | "AttachEmbeddings" >> beam.ParDo(
-            AttachEmbeddingsFn(cfg), beam.pvalue.AsSingleton(index)
-        ).with_outputs("rejects", main="batches")
-        scored = attached.batches | "ScoreEmbeddings" >> RunInference(
+        embedded = texts | "EncodeDistinctTexts" >> EncodeDistinctTexts(cfg, share_key)
+        if cfg.unique_join == "shuffle":
+            keyed_texts = embedded | "KeyEmbeddings" >> beam.ParDo(
+                KeyEmbeddingsFn(cfg.join_buckets))
+            keyed_pairs = valid | "KeyPairs" >> beam.ParDo(KeyPairsFn(cfg))
+            left = (
+                {"texts": keyed_texts, "pairs": keyed_pairs}
+                | "GroupLeft" >> beam.CoGroupByKey()
+                | "JoinLeft" >> beam.ParDo(JoinLeftFn(cfg)).with_outputs("rejects", main="parts")
+            )
+            right = (
+                {"texts": keyed_texts, "pairs": left.parts}
+                | "GroupRight" >> beam.CoGroupByKey()
+                | "JoinRight" >> beam.ParDo(JoinRightFn(cfg)).with_outputs(
+                    "rejects", main="batches")
+            )
+            batches = right.batches
+            rejects = (left.rejects, right.rejects) | "JoinRejects" >> beam.Flatten()
+        else:
+            index = embedded | "IndexEmbeddings" >> beam.CombineGlobally(IndexFn())
+            attached = valid | "AttachEmbeddings" >> beam.ParDo(
+                AttachEmbeddingsFn(cfg), beam.pvalue.AsSingleton(index)
+            ).with_outputs("rejects", main="batches")
+            batches, rejects = attached.batches, attached.rejects
+        scored = batches | "ScoreEmbeddings" >> RunInference(
             _handler(ScoreEmbeddingsHandler, cfg, share_key)
         )
-        return {"scored": scored, "rejects": attached.rejects}
+        return {"scored": scored, "rejects": rejects}

@@ -69,38 +69,46 @@ def _run(src, out, model, *extra):
 # --- the job, both modes, a real tiny model -------------------------------------------
 
 
-def test_unique_mode_scores_like_pair_mode_with_every_id_once(tmp_path, bilstm_model):
+def test_unique_mode_scores_like_pair_mode_with_every_id_once(tmp_path, bilstm_model,
+                                                              monkeypatch):
+    # Small buckets, so that the dedup and the shuffle join each use several keys.
+    monkeypatch.setattr(unique, "TEXTS_PER_BUCKET", 8)
+    monkeypatch.setattr(unique, "PAIRS_PER_JOIN_BUCKET", 30)
     rows = _repeated_pairs(120) + BAD
     src = tmp_path / "pairs.parquet"
     _write(src, rows)
     s_pairs, lab_pairs, rej_pairs = _run(src, tmp_path / "p", bilstm_model, "--mode", "pairs",
                                          "--batch-size", "7")
-    s_uniq, lab_uniq, rej_uniq = _run(src, tmp_path / "u", bilstm_model, "--mode", "unique",
-                                      "--batch-size", "7")
-    assert s_pairs["mode"] == "pairs" and s_uniq["mode"] == "unique"
+    assert s_pairs["mode"] == "pairs"
 
-    # Same ids scored, each once, same scores.
-    assert lab_uniq["pair_id"].to_pylist() == lab_pairs["pair_id"].to_pylist()
-    assert len(set(lab_uniq["pair_id"].to_pylist())) == lab_uniq.num_rows == 120
-    np.testing.assert_allclose(lab_uniq["score"].to_numpy(), lab_pairs["score"].to_numpy(),
-                               atol=1e-5, rtol=0)
-    assert lab_uniq["is_duplicate"].equals(lab_pairs["is_duplicate"])
-
-    # Rejects: the same rows with the same reasons, as given.
     def reasons(t):
         return sorted(zip(t["pair_id"].to_pylist(), t["reason"].to_pylist()), key=str)
 
-    assert reasons(rej_uniq) == reasons(rej_pairs)
-    assert sorted(rej_uniq["reason"].to_pylist()) == sorted(
-        ["null_id", "null_text", "empty_text", "no_tokens", "no_tokens"]
-    )
-    assert s_uniq["scored"] + s_uniq["rejected"] == len(rows)
+    for join in ("side-input", "shuffle"):
+        s_uniq, lab_uniq, rej_uniq = _run(src, tmp_path / join, bilstm_model, "--mode",
+                                          "unique", "--batch-size", "7", "--unique-join", join)
+        assert s_uniq["mode"] == "unique" and s_uniq["unique_join"] == join
 
-    # Each distinct valid text encoded once: the valid texts, minus the no-token ones.
-    good = {t for _, a, b in rows[:120] for t in (a, b)}
-    good |= {"learn python", "left has no tokens"}
-    assert s_uniq["counters"]["texts_encoded"] == len(good)
-    assert s_uniq["counters"]["real_tokens"] < s_pairs["counters"]["real_tokens"]
+        # Same ids scored, each once, same scores.
+        assert lab_uniq["pair_id"].to_pylist() == lab_pairs["pair_id"].to_pylist()
+        assert len(set(lab_uniq["pair_id"].to_pylist())) == lab_uniq.num_rows == 120
+        np.testing.assert_allclose(lab_uniq["score"].to_numpy(), lab_pairs["score"].to_numpy(),
+                                   atol=1e-5, rtol=0)
+        assert lab_uniq["is_duplicate"].equals(lab_pairs["is_duplicate"])
+
+        # Rejects: the same rows with the same reasons, as given.
+        assert reasons(rej_uniq) == reasons(rej_pairs)
+        assert sorted(rej_uniq["reason"].to_pylist()) == sorted(
+            ["null_id", "null_text", "empty_text", "no_tokens", "no_tokens"]
+        )
+        assert rej_uniq.column_names == rej_pairs.column_names
+        assert s_uniq["scored"] + s_uniq["rejected"] == len(rows)
+
+        # Each distinct valid text encoded once: the valid texts, minus the no-token ones.
+        good = {t for _, a, b in rows[:120] for t in (a, b)}
+        good |= {"learn python", "left has no tokens"}
+        assert s_uniq["counters"]["texts_encoded"] == len(good)
+        assert s_uniq["counters"]["real_tokens"] < s_pairs["counters"]["real_tokens"]
 
 
 def test_auto_mode_picks_unique_for_repeats_and_pairs_for_distinct(tmp_path, bilstm_model):
@@ -258,6 +266,15 @@ def test_choose_mode(tmp_path):
     assert unique.choose_mode("pairs", files("rep.parquet"), cols, 200).mode == "pairs"
     assert unique.choose_mode("unique", files("one.parquet"), cols, 200).mode == "unique"
     assert unique.choose_mode("auto", files("rep.parquet"), cols, 10**7).buckets == 20
+    # The join: a side input while the embeddings are small, else the shuffle.
+    small = unique.choose_mode("unique", files("rep.parquet"), cols, 200, embedding_dim=384)
+    assert (small.join, small.join_buckets) == ("side-input", 1)
+    big = unique.choose_mode("unique", files("one.parquet"), cols, 10**7, embedding_dim=384)
+    assert (big.join, big.join_buckets) == ("shuffle", 100)
+    forced = unique.choose_mode("unique", [], cols, 10, join="shuffle")
+    assert forced.join == "shuffle"
+    with pytest.raises(ValueError, match="allowed: auto, side-input, shuffle"):
+        unique.choose_mode("unique", [], cols, 1, join="broadcast")
     repeat, rows = unique.estimate_repeat(files("rep.parquet"), cols, max_rows=50)
     assert rows == 50 and repeat > 1
     with pytest.raises(ValueError, match="allowed: auto, pairs, unique"):
