@@ -119,8 +119,9 @@ def _tokenizer(model: str):
     return tokenization.configure(tok, meta.max_length), specials
 
 
-def _direct(model: str, path: str, batch_size: int = 256, precision: str = "float32") -> dict:
-    """The model called directly on pre-tokenized, globally length-sorted batches."""
+def _direct(model: str, path: str, batch_size: int = 128, precision: str = "float32") -> dict:
+    """The model called directly on pre-tokenized batches, packed once over the whole
+    input (the job packs 16,384 rows at a time) with the job's CPU batch limits."""
     from pipeline.handler import LoadedPairModel
     from pipeline.packing import pack_table
 
@@ -183,7 +184,7 @@ def main(argv: list[str]) -> None:
         p = argparse.ArgumentParser()
         p.add_argument("model")
         p.add_argument("input")
-        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--batch-size", type=int, default=128)
         p.add_argument("--precision", default="float32")
         a = p.parse_args(rest)
         out = _direct(a.model, a.input, a.batch_size, a.precision)
