@@ -19,7 +19,7 @@ def test_short_mrpc_training_beats_the_majority_class(tmp_path):
     train(
         TrainConfig(
             train=str(train_path), output=out, encoder="bert", pooling="mean",
-            distance="sbert", epochs=1, max_length=64, learning_rate=3e-5, warmup_ratio=0.1,
+            distance="cosine", epochs=1, max_length=64, warmup_ratio=0.1,
             select_metric="val_f1",
         )
     )
