@@ -5,8 +5,8 @@ chosen on 10% held out of mrpc_train, so mrpc_dev is seen only for the final che
 """
 
 import pytest
-
 from conftest import shared_data
+
 from model.evaluate import evaluate
 from model.train import TrainConfig, train
 
@@ -18,8 +18,14 @@ def test_short_mrpc_training_beats_the_majority_class(tmp_path):
     out = str(tmp_path / "mrpc")
     train(
         TrainConfig(
-            train=str(train_path), output=out, encoder="bert", pooling="mean",
-            distance="cosine", epochs=1, max_length=64, warmup_ratio=0.1,
+            train=str(train_path),
+            output=out,
+            encoder="bert",
+            pooling="mean",
+            distance="cosine",
+            epochs=1,
+            max_length=64,
+            warmup_ratio=0.1,
             select_metric="val_f1",
         )
     )
