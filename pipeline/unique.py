@@ -373,17 +373,28 @@ class ModeChoice:
     join_buckets: int = 1
 
 
-def estimate_repeat(files: list[str], text_columns: tuple[str, str],
-                    max_rows: int = SAMPLE_ROWS) -> tuple[float | None, int]:
-    """(2 x rows / distinct texts, rows read) over the first `max_rows` rows of `files`.
+@dataclasses.dataclass
+class SampleEstimate:
+    rows: int  # rows read
+    repeat: float | None  # text slots / distinct texts in the sample (None: no texts)
+    distinct: int  # estimated distinct texts in the whole input
 
-    Exact for inputs up to `max_rows`; on larger inputs a sample sees fewer repeats than
-    the whole, so the estimate errs towards pair mode.
+
+def estimate_repeat(files: list[str], text_columns: tuple[str, str], rows_in: int | None = None,
+                    max_rows: int = SAMPLE_ROWS) -> SampleEstimate:
+    """Read the first `max_rows` rows of `files`: how often texts repeat there, and an
+    estimate of the distinct texts in the whole input.
+
+    Exact for inputs up to `max_rows`. On larger inputs a sample sees fewer repeats than
+    the whole (its repeat factor errs towards pair mode), and the distinct count is
+    Charikar et al.'s GEE estimator, sqrt(N / n) x (texts seen once) + (texts seen more
+    often), whose error is within sqrt(N / n) either way; when the sample barely
+    repeats (where GEE can undercount most), the bound 2 x rows is used instead.
     """
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
-    seen, rows, slots = None, 0, 0
+    chunks, rows = [], 0
     for path in files:
         if rows >= max_rows:
             break
@@ -394,17 +405,24 @@ def estimate_repeat(files: list[str], text_columns: tuple[str, str],
                 rows += batch.num_rows
                 for col in text_columns:
                     values = batch.column(col)
-                    if pa.types.is_null(values.type):
-                        continue
-                    values = pc.drop_null(_as_large(values))
-                    slots += len(values)
-                    seen = values if seen is None else pa.concat_arrays([seen, values])
-                seen = pc.unique(seen) if seen is not None else None
+                    if not pa.types.is_null(values.type):
+                        chunks.append(pc.drop_null(_as_large(values)))
                 if rows >= max_rows:
                     break
-    if not seen:
-        return None, rows
-    return slots / len(seen), rows
+    slots = sum(len(c) for c in chunks)
+    if not slots:
+        return SampleEstimate(rows, None, 0)
+    counts = pc.value_counts(pa.concat_arrays(chunks)).field("counts").to_numpy()
+    seen, once = len(counts), int(np.sum(counts == 1))
+    repeat = slots / seen
+    total_slots = 2 * max(rows_in or rows, rows)
+    if rows >= (rows_in or rows):
+        distinct = seen
+    elif repeat < AUTO_MIN_REPEAT:
+        distinct = total_slots
+    else:
+        distinct = math.sqrt(total_slots / slots) * once + (seen - once)
+    return SampleEstimate(rows, repeat, int(min(max(distinct, seen), total_slots)))
 
 
 def choose_mode(requested: str, files: list[str], text_columns: tuple[str, str],
@@ -412,10 +430,10 @@ def choose_mode(requested: str, files: list[str], text_columns: tuple[str, str],
                 join: str = "auto") -> ModeChoice:
     """Resolve `--mode` and `--unique-join` before the job starts.
 
-    `auto` mode reads a sample and picks unique mode when its texts repeat at least
-    `AUTO_MIN_REPEAT` times. The join is a side input while the estimated embeddings
-    (distinct texts x embedding_dim float32) stay under `SIDE_INPUT_MAX_BYTES`, else the
-    bucketed shuffle join.
+    `auto` mode reads a sample (`estimate_repeat`) and picks unique mode when its texts
+    repeat at least `AUTO_MIN_REPEAT` times. The join is a side input while the
+    estimated embeddings (distinct texts x embedding_dim float32) stay under
+    `SIDE_INPUT_MAX_BYTES`, else the bucketed shuffle join.
     """
     if requested not in MODES:
         raise ValueError(f"unknown mode {requested!r}; allowed: {', '.join(MODES)}")
@@ -424,23 +442,25 @@ def choose_mode(requested: str, files: list[str], text_columns: tuple[str, str],
     rows = rows_in or 0
     buckets = max(1, math.ceil(2 * rows / TEXTS_PER_BUCKET))
     join_buckets = max(1, math.ceil(rows / PAIRS_PER_JOIN_BUCKET))
-    repeat, sampled = None, 0
+    sample = SampleEstimate(0, None, 2 * rows)
     if requested != "pairs" and not dry_run and files:
         try:
-            repeat, sampled = estimate_repeat(files, text_columns)
+            sample = estimate_repeat(files, text_columns, rows_in)
         except Exception as e:  # noqa: BLE001  (a bad file fails the job later, naming it)
             log.warning("cannot sample the input (%s: %s)", type(e).__name__, e)
+    repeat = sample.repeat
     if requested == "auto":
         mode = "unique" if repeat is not None and repeat >= AUTO_MIN_REPEAT else "pairs"
-        log.info("mode auto: %s (%.2f text slots per distinct text in the first %d rows)",
-                 mode, repeat or 0.0, sampled)
     else:
         mode = requested
     if join == "auto":
-        distinct = 2 * rows / max(repeat or 1.0, 1.0)
-        join = "side-input" if distinct * max(embedding_dim, 1) * 4 <= SIDE_INPUT_MAX_BYTES else (
-            "shuffle")
-    return ModeChoice(mode, None if repeat is None else round(repeat, 3), sampled, buckets,
+        fits = sample.distinct * max(embedding_dim, 1) * 4 <= SIDE_INPUT_MAX_BYTES
+        join = "side-input" if fits else "shuffle"
+    if requested != "pairs":
+        log.info("mode %s: %s, join %s (%.2f text slots per distinct text in the first %d "
+                 "rows; about %d distinct texts in all)", requested, mode, join, repeat or 0.0,
+                 sample.rows, sample.distinct)
+    return ModeChoice(mode, None if repeat is None else round(repeat, 3), sample.rows, buckets,
                       join, join_buckets)
 
 

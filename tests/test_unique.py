@@ -269,14 +269,21 @@ def test_choose_mode(tmp_path):
     # The join: a side input while the embeddings are small, else the shuffle.
     small = unique.choose_mode("unique", files("rep.parquet"), cols, 200, embedding_dim=384)
     assert (small.join, small.join_buckets) == ("side-input", 1)
+    # A sample with no repeats bounds the whole by 2 x rows: 20M texts, the shuffle.
     big = unique.choose_mode("unique", files("one.parquet"), cols, 10**7, embedding_dim=384)
     assert (big.join, big.join_buckets) == ("shuffle", 100)
+    # A sample where each text repeats: GEE says few distinct texts, the side input.
+    many = unique.choose_mode("unique", files("rep.parquet"), cols, 10**7, embedding_dim=384)
+    assert many.join == "side-input"
     forced = unique.choose_mode("unique", [], cols, 10, join="shuffle")
     assert forced.join == "shuffle"
     with pytest.raises(ValueError, match="allowed: auto, side-input, shuffle"):
         unique.choose_mode("unique", [], cols, 1, join="broadcast")
-    repeat, rows = unique.estimate_repeat(files("rep.parquet"), cols, max_rows=50)
-    assert rows == 50 and repeat > 1
+    sample = unique.estimate_repeat(files("rep.parquet"), cols, 200, max_rows=50)
+    assert sample.rows == 50 and sample.repeat > 1
+    assert sample.distinct == len(TEXTS)  # every text seen more than once: GEE is exact
+    whole = unique.estimate_repeat(files("rep.parquet"), cols, 200)
+    assert (whole.rows, whole.repeat, whole.distinct) == (200, 400 / len(TEXTS), len(TEXTS))
     with pytest.raises(ValueError, match="allowed: auto, pairs, unique"):
         unique.choose_mode("fast", [], cols, 1)
 
