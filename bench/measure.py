@@ -89,6 +89,7 @@ def _job(argv: list[str], noop: bool = False) -> dict:
         "scored": s["scored"],
         "rejected": s["rejected"],
         "mode": s.get("mode", "pairs"),
+        "unique_join": s.get("unique_join"),
         "wall_s": round(t.wall, 3),
         "cpu_s": round(t.cpu, 3),
         "pairs_per_s": round(s["rows_in"] / t.wall, 1),
