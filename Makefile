@@ -50,7 +50,7 @@ bench: $(STAMP)
 SHARED_DATA ?= ../shared/data
 QUALITY_MODEL := models/mrpc-best
 QUALITY_FLAGS := --encoder bert --pooling mean --distance cosine --freeze-epochs 1 \
-  --warmup-ratio 0.1 --select-metric val_f1 --epochs 4 --seed 0
+  --warmup-ratio 0.1 --select-metric val_f1 --epochs 4 --learning-rate 5e-5 --seed 0
 
 quality: $(STAMP)
 	@if [ ! -f $(SHARED_DATA)/mrpc_train.parquet ] || [ ! -f $(SHARED_DATA)/mrpc_dev.parquet ]; then \
