@@ -90,7 +90,6 @@ def bert_encoder(backbone, pooling="mean", trainable=True, name="bert_encoder") 
     cls (the [CLS] vector), mean (masked mean, as sentence-transformers) or pooled
     (BERT's tanh pooler)."""
     pooling = Pooling.parse(pooling)
-    backbone.trainable = trainable
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
     mask = ops.not_equal(ids, 0)
     out = backbone({"token_ids": ids, "segment_ids": ops.zeros_like(ids), "padding_mask": mask})
@@ -100,7 +99,23 @@ def bert_encoder(backbone, pooling="mean", trainable=True, name="bert_encoder") 
         x = out["pooled_output"]
     else:
         x = MaskedMeanPooling(name="mean_pooling")(out["sequence_output"], mask)
-    return keras.Model(ids, x, name=name)
+    encoder = keras.Model(ids, x, name=name)
+    set_trainable(encoder, trainable, pooling)
+    return encoder
+
+
+def set_trainable(encoder: keras.Model, trainable: bool, pooling=None) -> None:
+    """Freeze or unfreeze an encoder. A BERT encoder whose pooling is not `pooled` keeps
+    BERT's pooler frozen: it is outside the graph, and trainable it only earns a Keras
+    "Gradients do not exist" warning at every step."""
+    encoder.trainable = trainable
+    if not trainable or pooling is None or Pooling.parse(pooling) == Pooling.POOLED:
+        return
+    for layer in encoder.layers:
+        if isinstance(layer, keras.Model) and "pooled_dense" in {
+            sub.name for sub in layer.layers
+        }:
+            layer.get_layer("pooled_dense").trainable = False
 
 
 def siamese(encoder: keras.Model, head: DistanceHead) -> keras.Model:

@@ -459,7 +459,9 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> ModelMetadata:
         siamese.fit(
             tr.dataset(), epochs=cfg.freeze_epochs, callbacks=callbacks, verbose=verbose
         )
-        encoder.trainable = True
+        from model.layers import set_trainable
+
+        set_trainable(encoder, True, cfg.pooling)
         # A plateau of the head alone says nothing about the unfrozen model.
         monitor.wait = 0
     _compile(siamese, _schedule(cfg, len(tr), cfg.epochs - cfg.freeze_epochs))

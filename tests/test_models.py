@@ -89,3 +89,22 @@ def test_export_refuses_foreign_directory(tmp_path):
     with pytest.raises(FileExistsError, match="not a pairscore model directory"):
         export(enc, head, tok, meta, cfg.output)
     assert (tmp_path / "m" / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("pooling,pooler_trains", [("mean", False), ("cls", False), ("pooled", True)])
+def test_unfreezing_trains_bert_pooler_only_when_pooling_uses_it(tmp_path, pooling, pooler_trains):
+    from model.layers import set_trainable
+
+    cfg, tok, siamese, enc, head = _build(tmp_path, "bert", "cosine", pooling)
+    set_trainable(enc, False, pooling)
+    assert enc.trainable_weights == []
+    set_trainable(enc, True, pooling)
+    names = {w.path for w in enc.trainable_weights}
+    assert any("transformer_layer_0" in n for n in names)
+    assert any("pooled_dense" in n for n in names) == pooler_trains
+    # Every trainable weight gets a gradient: no Keras "Gradients do not exist" warning.
+    a = tokenization.pad(tokenization.encode_batch(tok, LEFT[:3]))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(siamese({"left_ids": a, "right_ids": a[::-1]}))
+    grads = tape.gradient(loss, enc.trainable_weights)
+    assert all(g is not None for g in grads)
