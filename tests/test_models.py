@@ -91,7 +91,9 @@ def test_export_refuses_foreign_directory(tmp_path):
     assert (tmp_path / "m" / "precious.txt").read_text() == "keep me"
 
 
-@pytest.mark.parametrize("pooling,pooler_trains", [("mean", False), ("cls", False), ("pooled", True)])
+@pytest.mark.parametrize(
+    "pooling,pooler_trains", [("mean", False), ("cls", False), ("pooled", True)]
+)
 def test_unfreezing_trains_bert_pooler_only_when_pooling_uses_it(tmp_path, pooling, pooler_trains):
     from model.layers import set_trainable
 

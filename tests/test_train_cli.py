@@ -149,3 +149,23 @@ def test_bad_glove_file_names_the_line(tmp_path):
     bad.write_text("ok 1 2\nbroken\n")
     with pytest.raises(ValueError, match=r"g\.txt:2"):
         glove.load(str(bad))
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "default-model", "sample"])
+def test_help_documents_every_option_with_its_default(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    options = lines[lines.index("options:") + 1:]
+    for i, line in enumerate(options):
+        # argparse prints a bare "  --opt METAVAR" line for an option without help; a long
+        # option with help continues on the next, indented, line.
+        if line.startswith("  --") and len(line.split()) <= 2:
+            nxt = options[i + 1] if i + 1 < len(options) else ""
+            assert nxt.startswith(" " * 10), f"{command}: no help for {line.strip()}"
+    text = " ".join(" ".join(options).split())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    if command == "train":
+        assert "most epochs (early stopping may end sooner) (default: 10)" in text
+        assert "seed for weights, shuffling and splits (default: 0)" in text
