@@ -8,7 +8,7 @@ DEFAULT_MODEL := models/default
 SAMPLE := data/sample.parquet
 DEMO_OUT := out/demo
 
-.PHONY: install test test-slow test-all demo bench quality lint clean
+.PHONY: install browser test test-slow test-all demo bench quality lint clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,22 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+# Headless Chromium for the report's browser test: installed from Debian's packages when
+# this is Debian/Ubuntu and we are root; elsewhere that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (apt-get) for the report's browser test"; \
+	    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null && \
+	      apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	    echo "make browser: chromium did not install; the browser test will skip"; \
+	  else \
+	    echo "make browser: no chromium, and no apt-get as root to install it; the browser test will skip"; \
+	  fi; }
+
 # Exit 5 (no tests collected) is a failure, not a pass.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -m "not slow" -q; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 

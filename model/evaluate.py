@@ -19,17 +19,24 @@ def evaluate(
     similarity_column: str = "similarity",
     batch_size: int = 64,
     scorer: Scorer | None = None,
+    duplicate_similarity: float | None = 4.0,
 ) -> dict:
-    """Metrics at the model's threshold (and the best-F1 threshold); Spearman for graded
-    data. Returns a JSON-ready dict."""
+    """Metrics at the model's threshold (and the best-F1 threshold); Spearman and Pearson
+    for graded data. Graded data without binary labels is also scored as a detector of
+    "similarity >= duplicate_similarity" (the labels `pairscore train` picks a graded
+    model's threshold against); None skips that. Returns a JSON-ready dict."""
     pairs = data_lib.read_pairs(
         data_path, text_a_column, text_b_column, label_column, similarity_column
     )
     scorer = scorer or Scorer(model_dir)
     scores = scorer.score(pairs.text_a, pairs.text_b, batch_size=batch_size)
     out: dict = {"model": model_dir, "data": data_path, "n": len(pairs)}
-    if pairs.labels is not None:
-        out.update(metrics.binary_metrics(scores, pairs.labels, scorer.metadata.threshold))
+    labels = pairs.labels
+    if labels is None and pairs.similarity is not None and duplicate_similarity is not None:
+        labels = (pairs.similarity >= duplicate_similarity).astype(int)
+        out["labels_from"] = f"{similarity_column} >= {duplicate_similarity:g}"
+    if labels is not None:
+        out.update(metrics.binary_metrics(scores, labels, scorer.metadata.threshold))
     if pairs.similarity is not None:
         out.update(metrics.graded_metrics(scores, pairs.similarity))
     if pairs.labels is None and pairs.similarity is None:
@@ -38,6 +45,6 @@ def evaluate(
             f"or graded scores in {similarity_column!r}"
         )
     out["scores"] = scores
-    out["labels"] = pairs.labels
+    out["labels"] = labels
     out["similarity"] = pairs.similarity
     return out

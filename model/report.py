@@ -250,6 +250,11 @@ def write_report(result: dict, out_dir: str, title: str | None = None) -> dict[s
         figures[name] = os.path.join(out_dir, f"{name}.png")
         return figures[name]
 
+    if result.get("labels_from"):
+        notes.append(
+            f"The data has graded similarity and no binary labels: accuracy, F1 and the "
+            f"binary figures count {result['labels_from']} as a duplicate."
+        )
     if labels is not None:
         labels = np.asarray(labels).astype(int)
         threshold = float(result["threshold"])

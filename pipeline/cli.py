@@ -114,13 +114,17 @@ def _evaluate(argv: list[str]) -> int:
     p.add_argument("--similarity-column", default="similarity",
                    help="column of graded similarity")
     p.add_argument("--batch-size", type=int, default=64, help="pairs per model call")
+    p.add_argument("--duplicate-similarity", type=float, default=4.0,
+                   help="graded data without labels: the similarity that counts as a "
+                   "duplicate for accuracy, F1 and the curves")
     p.add_argument("--report", metavar="OUT",
                    help="also write OUT/report.html (self-contained) and the figures as PNGs")
     args = p.parse_args(argv)
     from model.evaluate import evaluate
 
     result = evaluate(args.model, args.data, args.text_a_column, args.text_b_column,
-                      args.label_column, args.similarity_column, args.batch_size)
+                      args.label_column, args.similarity_column, args.batch_size,
+                      duplicate_similarity=args.duplicate_similarity)
     if args.report:
         from model.report import REPORT_FILE, write_report
 

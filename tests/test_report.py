@@ -3,6 +3,9 @@
 import base64
 import html.parser
 import json
+import re
+import shutil
+import subprocess
 
 import numpy as np
 import pyarrow as pa
@@ -115,10 +118,15 @@ def test_graded_report(bert_model, tmp_path, capsys):
     printed = _evaluate(bert_model, data, out, capsys)
 
     page = _parse(out / "report.html")
-    assert set(page.figures) == GRADED
+    # Graded data: the scatter, and the binary figures against similarity >= 4.
+    assert set(page.figures) == GRADED | BINARY
     assert (out / "score_vs_similarity.png").read_bytes().startswith(PNG_MAGIC)
     assert float(page.rows["spearman"]) == pytest.approx(printed["spearman"], abs=1e-4)
-    assert "accuracy" not in page.rows
+    assert printed["labels_from"] == "similarity >= 4"
+    derived = similarity >= 4.0
+    assert printed["n"] == len(rows)
+    assert printed["majority_accuracy"] == pytest.approx(max(derived.mean(), 1 - derived.mean()))
+    assert float(page.rows["accuracy"]) == pytest.approx(printed["accuracy"], abs=1e-3)
 
 
 def test_one_class_report_says_why_curves_are_missing(bilstm_model, tmp_path):
@@ -138,3 +146,48 @@ def test_one_class_report_says_why_curves_are_missing(bilstm_model, tmp_path):
     figures = write_report(result, str(tmp_path))
     assert set(figures) == {"score_histogram", "confusion_matrix"}
     assert "Only one class" in (tmp_path / "report.html").read_text()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium here: `make browser` installs it")
+def test_report_renders_in_headless_chromium(tmp_path):
+    """Every embedded figure decodes in a real browser, offline, at its full size."""
+    from model.report import write_report
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    similarity = labels * 3 + rng.uniform(0, 2, 200)
+    result = {
+        "model": "m", "data": "d.parquet", "n": 200, "threshold": 0.5, "accuracy": 0.8,
+        "spearman": 0.7, "scores": np.clip(labels * 0.5 + rng.uniform(0, 0.5, 200), 0, 1),
+        "labels": labels, "similarity": similarity,
+    }
+    out = tmp_path / "report"
+    figures = write_report(result, str(out))
+    # The page, plus a probe that writes what the browser decoded into the title.
+    probe = tmp_path / "probe.html"
+    probe.write_text(
+        (out / "report.html").read_text(encoding="utf-8")
+        + "<script>window.addEventListener('load', () => { document.title = 'decoded ' + "
+        "[...document.images].map(i => i.closest('figure').id + '=' + i.naturalWidth + 'x'"
+        " + i.naturalHeight).join(' '); });</script>",
+        encoding="utf-8",
+    )
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    title = re.search(r"<title>decoded ([^<]*)</title>", dom)
+    assert title, f"the page did not finish loading in chromium:\n{dom[:500]}"
+    decoded = dict(item.split("=") for item in title.group(1).split())
+    assert set(decoded) == set(figures) == BINARY | GRADED
+    for name, size in decoded.items():
+        width, height = (int(v) for v in size.split("x"))
+        png = (out / f"{name}.png").read_bytes()
+        # The PNG header's own size: the browser decoded the whole image.
+        assert (width, height) == (int.from_bytes(png[16:20]), int.from_bytes(png[20:24]))
+        assert width > 100 and height > 100

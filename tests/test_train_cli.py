@@ -113,11 +113,20 @@ def test_unknown_distance_is_rejected_with_allowed_values(tmp_path):
 def test_evaluate_graded_data_reports_spearman(tmp_path, bilstm_model, capsys):
     rows = labelled_pairs(30)
     data = tmp_path / "graded.parquet"
-    write_parquet(data, rows, similarity=list(np.linspace(0, 5, len(rows))))
+    similarity = np.linspace(0, 5, len(rows))
+    write_parquet(data, rows, similarity=list(similarity))
     assert main(["evaluate", "--model", bilstm_model, "--data", str(data)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert -1.0 <= result["spearman"] <= 1.0
-    assert "accuracy" not in result
+    # Without labels, graded rows count as duplicates at similarity >= 4 (as in training).
+    assert result["labels_from"] == "similarity >= 4"
+    assert result["majority_accuracy"] == pytest.approx(1 - (similarity >= 4).mean())
+    assert main(["evaluate", "--model", bilstm_model, "--data", str(data),
+                 "--duplicate-similarity", "2.5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["labels_from"] == "similarity >= 2.5"
+    assert result["majority_accuracy"] == pytest.approx(max((similarity >= 2.5).mean(),
+                                                            (similarity < 2.5).mean()))
 
 
 def test_glove_text_file_initialises_the_embedding(tmp_path):
