@@ -19,6 +19,10 @@ import pyarrow.parquet as pq
 from apache_beam.io import parquetio
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import s3clients
+
+s3clients.share()
+
 LABELS = "labels"
 REJECTS = "rejects"
 SUMMARY = "summary.json"

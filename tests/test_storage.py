@@ -277,3 +277,48 @@ def test_console_script_in_a_fresh_process(bucket, bilstm_model, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     _check_output(bucket, prefix, urls, bilstm_model)
+
+
+def test_s3_file_operations_share_one_client(s3, tmp_path, monkeypatch):
+    """Beam builds a boto3 Session per S3 operation; pairscore shares one client per
+    process and setting, and concurrent downloads still read their own bytes."""
+    import concurrent.futures
+
+    import boto3
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import io as pio  # noqa: F401  (importing it shares the clients)
+
+    blobs = {f"share/f{i}.bin": os.urandom(200_000 + i) for i in range(6)}
+    for key, data in blobs.items():
+        (tmp_path / "blob").write_bytes(data)
+        s3.put(key, tmp_path / "blob")
+    sessions = []
+    real_session = boto3.session.Session
+
+    def counting_session(*args, **kwargs):
+        sessions.append(1)
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(boto3.session, "Session", counting_session)
+    # A fresh endpoint spelling, so no client of an earlier test is reused.
+    FileSystems.set_options(PipelineOptions(
+        [*s3.flags(), f"--s3_endpoint_url={s3.endpoint}/"]
+    ))
+    urls = [f"s3://{BUCKET}/{key}" for key in blobs]
+
+    def read(url):
+        assert FileSystems.exists(url)
+        with FileSystems.open(url, compression_type="uncompressed") as f:
+            return url, f.read()
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = dict(pool.map(read, urls * 3))
+    listed = FileSystems.match([f"s3://{BUCKET}/share/*"])[0].metadata_list
+    assert {m.path: m.size_in_bytes for m in listed} == {
+        url: len(data) for url, data in zip(urls, blobs.values(), strict=True)
+    }
+    assert got == {url: data for url, data in zip(urls, blobs.values(), strict=True)}
+    # 18 exists, 18 opens and a match: one Session, not one per operation.
+    assert len(sessions) == 1
