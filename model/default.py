@@ -10,9 +10,9 @@ documented threshold 0.5 sits at even odds, cos = CENTER. Measured (docs/results
     qqp_sample    0.722     0.584      0.932   0.718  0.860
 
 MRPC is 68% paraphrases, so its even-odds cosine is lenient for data with fewer
-duplicates (QQP's best-F1 cosine is 0.77): re-fit on your own labels with
+duplicates (QQP's best-F1 cosine is 0.77): fit it to your own labels with
 
-    python -m model.default --calibrate pairs.parquet
+    pairscore default-model --output models/mine --calibrate labelled.parquet
 
 and prefer a fine-tuned model (`pairscore train`) when you have a few thousand labels.
 The best-F1 cosine on MRPC train (0.60) was rejected as the centre: it calls 95% of MRPC
@@ -32,8 +32,9 @@ CENTER = 0.673
 THRESHOLD = 0.5
 
 
-def build(max_length: int = 128, tiny: bool = False):
-    """(encoder, head, tokenizer) of the default model."""
+def build(max_length: int = 128, tiny: bool = False, scale: float = SCALE,
+          center: float = CENTER):
+    """(encoder, head, tokenizer) of the default model, score = sigmoid(scale (cos - center))."""
     from model import layers, train
 
     encoder = layers.bert_encoder(train.bert_backbone(tiny=tiny), "mean", trainable=False)
@@ -41,16 +42,25 @@ def build(max_length: int = 128, tiny: bool = False):
     dim = encoder.output.shape[-1]
     head(np.zeros((1, dim), "float32"), np.ones((1, dim), "float32"))
     head.classifier.set_weights(
-        [np.array([[SCALE]], dtype="float32"), np.array([-SCALE * CENTER], dtype="float32")]
+        [np.array([[scale]], dtype="float32"), np.array([-scale * center], dtype="float32")]
     )
     tok = tokenization.configure(train.minilm_tokenizer(), max_length)
     return encoder, head, tok
 
 
-def export_default(output: str, max_length: int = 128, tiny: bool = False) -> ModelMetadata:
+def export_default(
+    output: str, max_length: int = 128, tiny: bool = False, calibrate_on: str | None = None
+) -> ModelMetadata:
+    """Export the default model; with `calibrate_on` (labelled pairs), its scale and centre
+    are fitted to those labels first (see `calibrate`) and recorded in pairscore.json."""
     from model.export import export
 
     encoder, head, tok = build(max_length, tiny)
+    scale, center, calibration = SCALE, CENTER, None
+    if calibrate_on:
+        calibration = calibrate(calibrate_on, encoder=(encoder, tok))
+        scale, center = calibration["scale"], calibration["center"]
+        encoder, head, tok = build(max_length, tiny, scale, center)
     meta = ModelMetadata(
         encoder="bert",
         pooling="mean",
@@ -60,12 +70,26 @@ def export_default(output: str, max_length: int = 128, tiny: bool = False) -> Mo
         embedding_dim=0,
         tokenizer={},
         training={
-            "data": None,
+            "data": calibrate_on,
+            "calibration": calibration,
             "note": "pretrained sentence-transformers/all-MiniLM-L6-v2, no fine-tuning; "
-            f"score = sigmoid({SCALE} * (cos - {CENTER}))",
+            f"score = sigmoid({scale:.4g} * (cos - {center:.4g}))",
         },
     )
     return export(encoder, head, tok, meta, output)
+
+
+def _cosines(embed, tokenizer, text_a, text_b, batch_size: int):
+    def unit(texts):
+        ids = tokenization.encode_batch(tokenizer, texts)
+        parts = [
+            np.asarray(embed(tokenization.pad(ids[i : i + batch_size])))
+            for i in range(0, len(ids), batch_size)
+        ]
+        out = np.concatenate(parts).astype(np.float64)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    return np.sum(unit(text_a) * unit(text_b), axis=1)
 
 
 def cosines(model_dir: str, text_a: list[str], text_b: list[str], batch_size: int = 64):
@@ -74,24 +98,17 @@ def cosines(model_dir: str, text_a: list[str], text_b: list[str], batch_size: in
 
     scorer = Scorer(model_dir)
     encode = scorer.model.signatures["encode"]
-
-    def embed(texts):
-        ids = tokenization.encode_batch(scorer.tokenizer, texts)
-        parts = [
-            encode(ids=tokenization.pad(ids[i : i + batch_size]))["embedding"].numpy()
-            for i in range(0, len(ids), batch_size)
-        ]
-        out = np.concatenate(parts).astype(np.float64)
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-    return np.sum(embed(text_a) * embed(text_b), axis=1)
+    return _cosines(
+        lambda ids: encode(ids=ids)["embedding"].numpy(), scorer.tokenizer, text_a, text_b,
+        batch_size,
+    )
 
 
-def calibrate(data_path: str, model_dir: str | None = None) -> dict:
+def calibrate(data_path: str, model_dir: str | None = None, encoder=None) -> dict:
     """Fit SCALE and CENTER on labelled pairs: logistic regression of the labels on the
-    pretrained cosine. Also reports the best-F1 and best-accuracy cosines for comparison."""
-    import tempfile
-
+    pretrained cosine, from an exported model (`model_dir`), an in-memory
+    (encoder, tokenizer) or else the default model built here. Also reports the best-F1
+    and best-accuracy cosines for comparison."""
     from sklearn.linear_model import LogisticRegression
 
     from model import data as data_lib
@@ -99,17 +116,36 @@ def calibrate(data_path: str, model_dir: str | None = None) -> dict:
 
     pairs = data_lib.read_pairs(data_path)
     if pairs.labels is None:
-        raise ValueError(f"{data_path}: calibration needs binary labels")
-    with tempfile.TemporaryDirectory() as tmp:
-        if model_dir is None:
-            model_dir = tmp
-            export_default(model_dir)
+        raise ValueError(f"{data_path}: calibration needs binary labels 0/1 in 'label'")
+    if len(set(pairs.labels.tolist())) < 2:
+        raise ValueError(f"{data_path}: calibration needs both labels, 0 and 1")
+    if model_dir is not None:
         cos = cosines(model_dir, pairs.text_a, pairs.text_b)
+    else:
+        if encoder is None:
+            built, _, tok = build()
+        else:
+            built, tok = encoder
+        cos = _cosines(
+            lambda ids: built(ids, training=False), tok, pairs.text_a, pairs.text_b, 64
+        )
     fit = LogisticRegression(C=1e6).fit(cos[:, None], pairs.labels.astype(int))
     scale, bias = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    if scale <= 0:
+        raise ValueError(
+            f"{data_path}: duplicates do not have higher cosines than non-duplicates here "
+            f"(fitted slope {scale:.3g}); check the labels (1 = duplicate)"
+        )
     best_f1_cos, best_f1 = metrics.find_best_f1_and_threshold(cos, pairs.labels)
+    # Accuracy of "cos >= t" at every distinct cosine t, vectorised: positives at or above
+    # t plus negatives below it.
+    labels = pairs.labels.astype(bool)
     grid = np.unique(cos)
-    accuracy = [float(np.mean((cos >= t) == pairs.labels.astype(bool))) for t in grid]
+    pos, neg = np.sort(cos[labels]), np.sort(cos[~labels])
+    correct = (len(pos) - np.searchsorted(pos, grid, side="left")) + np.searchsorted(
+        neg, grid, side="left"
+    )
+    accuracy = correct / len(cos)
     i = int(np.argmax(accuracy))
     return {
         "data": data_path,
@@ -119,7 +155,7 @@ def calibrate(data_path: str, model_dir: str | None = None) -> dict:
         "best_f1_cosine": best_f1_cos,
         "best_f1": best_f1,
         "best_accuracy_cosine": float(grid[i]),
-        "best_accuracy": accuracy[i],
+        "best_accuracy": float(accuracy[i]),
     }
 
 
@@ -129,6 +165,6 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description="Fit the default model's SCALE and CENTER.")
     parser.add_argument("--calibrate", required=True, help="labelled pairs (Parquet/CSV/TSV)")
-    parser.add_argument("--model", help="an exported default model (else one is exported)")
+    parser.add_argument("--model", help="an exported default model (else it is built here)")
     args = parser.parse_args()
     print(json.dumps(calibrate(args.calibrate, args.model), indent=2))

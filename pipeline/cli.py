@@ -140,12 +140,20 @@ def _default_model(argv: list[str]) -> int:
     p = _parser("pairscore default-model", "Export the built-in pretrained MiniLM model.")
     p.add_argument("--output", required=True, help="model directory to write")
     p.add_argument("--max-length", type=int, default=128, help="tokens per text")
+    p.add_argument("--calibrate", metavar="LABELLED",
+                   help="fit the score's scale and centre to these labelled pairs (Parquet, "
+                   "CSV or TSV with text_a, text_b, label) instead of MRPC's, so that the "
+                   "threshold 0.5 is even odds on your data")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     from model.default import export_default
 
-    meta = export_default(args.output, args.max_length, tiny=args.tiny)
+    meta = export_default(
+        args.output, args.max_length, tiny=args.tiny, calibrate_on=args.calibrate
+    )
     print(f"wrote {args.output} (fingerprint {meta.fingerprint}, threshold {meta.threshold})")
+    if args.calibrate:
+        print(json.dumps(meta.training["calibration"], indent=2))
     return 0
 
 
