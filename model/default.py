@@ -159,6 +159,40 @@ def calibrate(data_path: str, model_dir: str | None = None, encoder=None) -> dic
     }
 
 
+def cross_validate_calibration(data_path: str, folds: int = 5, seed: int = 0) -> dict:
+    """Held-out figures of the calibrated default model: for each of `folds` stratified
+    folds (the same splits as `pairscore train --cv-folds` with `--seed`), fit scale and
+    centre on the other folds and score this one at threshold 0.5. Returns per-fold
+    metrics and their mean and standard deviation."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    from model import data as data_lib
+    from model import metrics
+
+    pairs = data_lib.read_pairs(data_path)
+    if pairs.labels is None:
+        raise ValueError(f"{data_path}: calibration needs binary labels 0/1 in 'label'")
+    encoder, _, tok = build()
+    cos = _cosines(
+        lambda ids: encoder(ids, training=False), tok, pairs.text_a, pairs.text_b, 64
+    )
+    labels = pairs.labels.astype(int)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    per_fold = []
+    for k, (train_idx, test_idx) in enumerate(splitter.split(cos, labels), 1):
+        fit = LogisticRegression(C=1e6).fit(cos[train_idx, None], labels[train_idx])
+        scores = fit.predict_proba(cos[test_idx, None])[:, 1]
+        per_fold.append({"fold": k, **metrics.binary_metrics(scores, labels[test_idx], 0.5)})
+    keys = ("accuracy", "precision", "recall", "f1", "roc_auc")
+    summary = {
+        key: {"mean": float(np.mean([f[key] for f in per_fold])),
+              "std": float(np.std([f[key] for f in per_fold]))}
+        for key in keys
+    }
+    return {"data": data_path, "folds": per_fold, **summary}
+
+
 if __name__ == "__main__":
     import argparse
     import json
@@ -166,5 +200,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Fit the default model's SCALE and CENTER.")
     parser.add_argument("--calibrate", required=True, help="labelled pairs (Parquet/CSV/TSV)")
     parser.add_argument("--model", help="an exported default model (else it is built here)")
+    parser.add_argument("--cv-folds", type=int, default=0, metavar="K",
+                        help="report held-out figures of the calibration over K folds")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(json.dumps(calibrate(args.calibrate, args.model), indent=2))
+    if args.cv_folds:
+        result = cross_validate_calibration(args.calibrate, args.cv_folds, args.seed)
+    else:
+        result = calibrate(args.calibrate, args.model)
+    print(json.dumps(result, indent=2))

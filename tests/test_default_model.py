@@ -128,3 +128,18 @@ def test_calibration_refuses_labels_it_cannot_fit(tmp_path):
     pq.write_table(table.set_column(2, "label", pa.array(1 - labels)), flipped)
     with pytest.raises(ValueError, match=r"flipped\.parquet: duplicates do not have higher"):
         default.calibrate(str(flipped))
+
+
+def test_calibration_cross_validation_scores_each_pair_once(tmp_path):
+    data = tmp_path / "mine.parquet"
+    labels = _labelled(data, n=30)
+    result = default.cross_validate_calibration(str(data), folds=3)
+    folds = result["folds"]
+    assert [f["fold"] for f in folds] == [1, 2, 3]
+    assert sum(f["n"] for f in folds) == len(labels)  # every pair held out exactly once
+    assert all(f["threshold"] == 0.5 for f in folds)
+    # Stratified: each held-out fold keeps the data's share of duplicates.
+    for f in folds:
+        assert abs(f["majority_accuracy"] - max(labels.mean(), 1 - labels.mean())) < 0.1
+    assert result["accuracy"]["mean"] == pytest.approx(np.mean([f["accuracy"] for f in folds]))
+    assert result["roc_auc"]["mean"] > 0.5  # the cosine does separate these
