@@ -153,7 +153,7 @@ def _confusion(scores, labels, threshold, path):
     return matrix.tolist()
 
 
-def _scatter(scores, similarity, spearman, path):
+def _scatter(scores, similarity, spearman, path, threshold=None):
     plt = _pyplot()
     rng = np.random.default_rng(0)
     # Graded sets hold many tied similarities: jitter so that the density shows.
@@ -170,6 +170,8 @@ def _scatter(scores, similarity, spearman, path):
             centers.append((edges[b] + edges[b + 1]) / 2)
             means.append(scores[which == b].mean())
     ax.plot(centers, means, "-o", color="C3", lw=2, label="mean score per bucket")
+    if threshold is not None:
+        ax.axhline(threshold, color="C3", ls="--", lw=1.5, label=f"threshold {threshold:.3g}")
     ax.set(
         xlabel="Graded similarity",
         ylabel="Score",
@@ -269,7 +271,8 @@ def write_report(result: dict, out_dir: str, title: str | None = None) -> dict[s
         )
     if similarity is not None:
         similarity = np.asarray(similarity, dtype=np.float64)
-        _scatter(scores, similarity, float(result["spearman"]), path("score_vs_similarity"))
+        _scatter(scores, similarity, float(result["spearman"]), path("score_vs_similarity"),
+                 result.get("threshold"))
     with open(os.path.join(out_dir, METRICS_FILE), "w") as f:
         json.dump(summary, f, indent=2, default=float)
         f.write("\n")
