@@ -62,53 +62,63 @@ def _save(fig, path: str) -> None:
     _pyplot().close(fig)
 
 
-def _pr_curve(scores, labels, threshold, path):
+def _pr_curve(curves, labels, path):
+    """Precision-recall of each (name, scores, threshold) on the same labels, each with its
+    threshold marked. Returns the average precision of each."""
     from sklearn import metrics
 
     plt = _pyplot()
-    precision, recall, _ = metrics.precision_recall_curve(labels, scores)
-    ap = metrics.average_precision_score(labels, scores)
-    predicted = scores >= threshold
-    p_at = metrics.precision_score(labels, predicted, zero_division=0)
-    r_at = metrics.recall_score(labels, predicted, zero_division=0)
     fig, ax = plt.subplots(figsize=(5, 4.2))
-    ax.plot(recall, precision, lw=2, label=f"AP = {ap:.3f}")
+    aps = []
+    for i, (name, scores, threshold) in enumerate(curves):
+        precision, recall, _ = metrics.precision_recall_curve(labels, scores)
+        ap = float(metrics.average_precision_score(labels, scores))
+        aps.append(ap)
+        predicted = scores >= threshold
+        p_at = metrics.precision_score(labels, predicted, zero_division=0)
+        r_at = metrics.recall_score(labels, predicted, zero_division=0)
+        prefix = f"{name}: " if name else ""
+        ax.plot(recall, precision, lw=2, color=f"C{i}", label=f"{prefix}AP = {ap:.3f}")
+        ax.plot([r_at], [p_at], "o", color="C3" if len(curves) == 1 else f"C{i}",
+                mec="black", label=f"threshold {threshold:.3f}" if len(curves) == 1 else None)
     ax.axhline(labels.mean(), color="grey", ls=":", label=f"base rate {labels.mean():.2f}")
-    ax.plot([r_at], [p_at], "o", color="C3", label=f"threshold {threshold:.3f}")
     ax.set(
         xlabel="Recall",
         ylabel="Precision",
         xlim=(0, 1.01),
         ylim=(0, 1.02),
-        title="Precision-recall",
+        title="Precision-recall" + (" (dots: thresholds)" if len(curves) > 1 else ""),
     )
-    ax.legend(loc="lower left")
+    ax.legend(loc="lower left", fontsize="small")
     ax.grid(alpha=0.3)
     _save(fig, path)
-    return float(ap)
+    return aps
 
 
-def _roc_curve(scores, labels, threshold, path):
+def _roc_curve(curves, labels, path):
+    """ROC of each (name, scores, threshold) on the same labels, thresholds marked."""
     from sklearn import metrics
 
     plt = _pyplot()
-    fpr, tpr, _ = metrics.roc_curve(labels, scores)
-    auc = metrics.roc_auc_score(labels, scores)
-    predicted = scores >= threshold
-    tpr_at = predicted[labels == 1].mean()
-    fpr_at = predicted[labels == 0].mean()
     fig, ax = plt.subplots(figsize=(5, 4.2))
-    ax.plot(fpr, tpr, lw=2, label=f"ROC-AUC = {auc:.3f}")
+    for i, (name, scores, threshold) in enumerate(curves):
+        fpr, tpr, _ = metrics.roc_curve(labels, scores)
+        auc = metrics.roc_auc_score(labels, scores)
+        predicted = scores >= threshold
+        prefix = f"{name}: " if name else ""
+        ax.plot(fpr, tpr, lw=2, color=f"C{i}", label=f"{prefix}ROC-AUC = {auc:.3f}")
+        ax.plot([predicted[labels == 0].mean()], [predicted[labels == 1].mean()], "o",
+                color="C3" if len(curves) == 1 else f"C{i}", mec="black",
+                label=f"threshold {threshold:.3f}" if len(curves) == 1 else None)
     ax.plot([0, 1], [0, 1], color="grey", ls=":", label="chance")
-    ax.plot([fpr_at], [tpr_at], "o", color="C3", label=f"threshold {threshold:.3f}")
     ax.set(
         xlabel="False positive rate",
         ylabel="True positive rate",
         xlim=(0, 1),
         ylim=(0, 1.02),
-        title="ROC",
+        title="ROC" + (" (dots: thresholds)" if len(curves) > 1 else ""),
     )
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize="small")
     ax.grid(alpha=0.3)
     _save(fig, path)
 
@@ -191,22 +201,20 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
-def _html(title: str, result: dict, figures: dict[str, str], out_dir: str, notes: list[str]):
-    rows = "\n".join(
-        f"<tr><th>{html.escape(k)}</th><td>{_fmt(result[k])}</td></tr>"
-        for k in TABLE_KEYS
-        if k in result
-    )
-    captions = {**BINARY_FIGURES, **GRADED_FIGURES}
+def _figure_blocks(figures: dict[str, str], captions: dict[str, str]) -> str:
     blocks = []
-    for name in figures:
-        with open(os.path.join(out_dir, f"{name}.png"), "rb") as f:
+    for name, png in figures.items():
+        with open(png, "rb") as f:
             data = base64.b64encode(f.read()).decode("ascii")
         caption = html.escape(captions[name])
         blocks.append(
             f'<figure id="{name}"><img alt="{caption}" src="data:image/png;base64,{data}">'
             f"<figcaption>{caption} ({name}.png)</figcaption></figure>"
         )
+    return "".join(blocks)
+
+
+def _page(title: str, meta: str, notes: list[str], table: str, figures: str) -> str:
     note_html = "".join(f"<p class=note>{html.escape(n)}</p>" for n in notes)
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     return f"""<!doctype html>
@@ -216,6 +224,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.3em 0.8em; text-align: left; }}
 td {{ font-variant-numeric: tabular-nums; }}
+td.best {{ font-weight: bold; }}
 figure {{ display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }}
 img {{ max-width: 100%; }}
 .note {{ color: #a40; }}
@@ -223,17 +232,30 @@ img {{ max-width: 100%; }}
 </style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class=meta>model <code>{html.escape(str(result.get("model")))}</code>,
-data <code>{html.escape(str(result.get("data")))}</code>, written {now}</p>
+<p class=meta>{meta}, written {now}</p>
 {note_html}
 <h2>Metrics</h2>
 <table id="metrics">
-{rows}
+{table}
 </table>
 <h2>Figures</h2>
-{"".join(blocks)}
+{figures}
 </body></html>
 """
+
+
+def _html(title: str, result: dict, figures: dict[str, str], notes: list[str]) -> str:
+    rows = "\n".join(
+        f"<tr><th>{html.escape(k)}</th><td>{_fmt(result[k])}</td></tr>"
+        for k in TABLE_KEYS
+        if k in result
+    )
+    meta = (
+        f'model <code>{html.escape(str(result.get("model")))}</code>, '
+        f'data <code>{html.escape(str(result.get("data")))}</code>'
+    )
+    captions = {**BINARY_FIGURES, **GRADED_FIGURES}
+    return _page(title, meta, notes, rows, _figure_blocks(figures, captions))
 
 
 def write_report(result: dict, out_dir: str, title: str | None = None) -> dict[str, str]:
@@ -261,8 +283,9 @@ def write_report(result: dict, out_dir: str, title: str | None = None) -> dict[s
         labels = np.asarray(labels).astype(int)
         threshold = float(result["threshold"])
         if len(set(labels.tolist())) == 2:
-            summary["average_precision"] = _pr_curve(scores, labels, threshold, path("pr_curve"))
-            _roc_curve(scores, labels, threshold, path("roc_curve"))
+            curve = [(None, scores, threshold)]
+            summary["average_precision"] = _pr_curve(curve, labels, path("pr_curve"))[0]
+            _roc_curve(curve, labels, path("roc_curve"))
         else:
             notes.append("Only one class in the labels: no precision-recall or ROC curve.")
         _histogram(scores, labels, threshold, path("score_histogram"))
@@ -277,7 +300,104 @@ def write_report(result: dict, out_dir: str, title: str | None = None) -> dict[s
         json.dump(summary, f, indent=2, default=float)
         f.write("\n")
     title = title or f"pairscore evaluation: {os.path.basename(str(result.get('data')))}"
-    page = _html(title, summary, figures, out_dir, notes)
+    page = _html(title, summary, figures, notes)
+    with open(os.path.join(out_dir, REPORT_FILE), "w", encoding="utf-8") as f:
+        f.write(page)
+    return figures
+
+
+COMPARISON_FIGURES = {
+    "pr_curve": "Precision-recall curves, one per model",
+    "roc_curve": "ROC curves, one per model",
+}
+# Metrics where more is better: the comparison table marks the best model's value.
+_HIGHER_IS_BETTER = {
+    "accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "best_f1",
+    "spearman", "pearson",
+}
+
+
+def model_names(results: list[dict]) -> list[str]:
+    """Short, distinct names for the models of `results` (their directory names)."""
+    names = []
+    for i, result in enumerate(results, 1):
+        name = os.path.basename(str(result.get("model", "")).rstrip("/")) or f"model-{i}"
+        names.append(name if name not in names else f"{name}-{i}")
+    return names
+
+
+def write_comparison(results: list[dict], out_dir: str, title: str | None = None) -> dict:
+    """Compare several models' `evaluate()` results on the same data: ``report.html`` with
+    one metrics column per model (the best value in bold), precision-recall and ROC curves
+    overlaid, each model's threshold marked, and a full report per model in
+    ``out_dir/<model name>/``. Returns {figure name: PNG path}."""
+    if len(results) < 2:
+        raise ValueError("a comparison needs at least two models")
+    n = {r["n"] for r in results}
+    data = {str(r.get("data")) for r in results}
+    if len(n) != 1 or len(data) != 1:
+        raise ValueError(f"a comparison needs the same data for every model, got {data}")
+    os.makedirs(out_dir, exist_ok=True)
+    names = model_names(results)
+    summaries = {}
+    for name, result in zip(names, results, strict=True):
+        write_report(result, os.path.join(out_dir, name))
+        summaries[name] = {
+            k: v for k, v in result.items() if k not in ("scores", "labels", "similarity")
+        }
+    figures: dict[str, str] = {}
+    notes: list[str] = []
+    labels = results[0].get("labels")
+    if labels is not None:
+        labels = np.asarray(labels).astype(int)
+        if len(set(labels.tolist())) == 2:
+            curves = [
+                (name, np.asarray(r["scores"], dtype=np.float64), float(r["threshold"]))
+                for name, r in zip(names, results, strict=True)
+            ]
+            figures["pr_curve"] = os.path.join(out_dir, "pr_curve.png")
+            aps = _pr_curve(curves, labels, figures["pr_curve"])
+            figures["roc_curve"] = os.path.join(out_dir, "roc_curve.png")
+            _roc_curve(curves, labels, figures["roc_curve"])
+            for name, ap in zip(names, aps, strict=True):
+                summaries[name]["average_precision"] = ap
+        else:
+            notes.append("Only one class in the labels: no precision-recall or ROC curve.")
+    if results[0].get("labels_from"):
+        notes.append(
+            f"The data has graded similarity and no binary labels: accuracy, F1 and the "
+            f"curves count {results[0]['labels_from']} as a duplicate."
+        )
+    with open(os.path.join(out_dir, METRICS_FILE), "w") as f:
+        json.dump({"data": data.pop(), "models": summaries}, f, indent=2, default=float)
+        f.write("\n")
+
+    head = "<tr><th>metric</th>" + "".join(
+        f'<th><a href="{html.escape(name)}/{REPORT_FILE}">{html.escape(name)}</a></th>'
+        for name in names
+    ) + "</tr>"
+    rows = [head]
+    for key in TABLE_KEYS:
+        values = [summaries[name].get(key) for name in names]
+        if all(v is None for v in values):
+            continue
+        numbers = [v for v in values if isinstance(v, float)]
+        best = max(numbers) if key in _HIGHER_IS_BETTER and numbers else None
+        cells = "".join(
+            f'<td{" class=best" if best is not None and v == best else ""}>{_fmt(v)}</td>'
+            for v in values
+        )
+        rows.append(f"<tr><th>{html.escape(key)}</th>{cells}</tr>")
+    meta = (
+        "models " + ", ".join(
+            f"<code>{html.escape(str(r.get('model')))}</code>" for r in results
+        ) + f"; data <code>{html.escape(str(results[0].get('data')))}</code>"
+    )
+    title = title or (
+        f"pairscore comparison: {os.path.basename(str(results[0].get('data')))}"
+    )
+    page = _page(title, meta, notes, "\n".join(rows),
+                 _figure_blocks(figures, COMPARISON_FIGURES))
     with open(os.path.join(out_dir, REPORT_FILE), "w", encoding="utf-8") as f:
         f.write(page)
     return figures

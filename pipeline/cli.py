@@ -106,7 +106,9 @@ def _train(argv: list[str]) -> int:
 
 def _evaluate(argv: list[str]) -> int:
     p = _parser("pairscore evaluate", "Evaluate a model directory on labelled pairs.")
-    p.add_argument("--model", required=True, help="model directory (local, gs:// or s3://)")
+    p.add_argument("--model", required=True, action="append",
+                   help="model directory (local, gs:// or s3://); repeat it to compare "
+                   "models on the same data")
     p.add_argument("--data", required=True, help="Parquet, CSV or TSV with labels or similarity")
     p.add_argument("--text-a-column", default="text_a", help="column of the first texts")
     p.add_argument("--text-b-column", default="text_b", help="column of the second texts")
@@ -121,18 +123,29 @@ def _evaluate(argv: list[str]) -> int:
                    help="also write OUT/report.html (self-contained) and the figures as PNGs")
     args = p.parse_args(argv)
     from model.evaluate import evaluate
+    from model.report import REPORT_FILE, model_names, write_comparison, write_report
 
-    result = evaluate(args.model, args.data, args.text_a_column, args.text_b_column,
-                      args.label_column, args.similarity_column, args.batch_size,
-                      duplicate_similarity=args.duplicate_similarity)
+    results = [
+        evaluate(model, args.data, args.text_a_column, args.text_b_column,
+                 args.label_column, args.similarity_column, args.batch_size,
+                 duplicate_similarity=args.duplicate_similarity)
+        for model in args.model
+    ]
     if args.report:
-        from model.report import REPORT_FILE, write_report
-
-        write_report(result, args.report)
-        result["report"] = os.path.join(args.report, REPORT_FILE)
-    for key in ("scores", "labels", "similarity"):
-        result.pop(key, None)
-    print(json.dumps(result, indent=2))
+        if len(results) == 1:
+            write_report(results[0], args.report)
+        else:
+            write_comparison(results, args.report)
+    for result in results:
+        for key in ("scores", "labels", "similarity"):
+            result.pop(key, None)
+    if len(results) == 1:
+        out = results[0]
+    else:
+        out = {"data": args.data, "models": dict(zip(model_names(results), results, strict=True))}
+    if args.report:
+        out["report"] = os.path.join(args.report, REPORT_FILE)
+    print(json.dumps(out, indent=2))
     return 0
 
 

@@ -26,8 +26,12 @@ class _Page(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
         self.figures, self.external, self.rows = {}, [], {}
+        self.table: list[list[str]] = []  # every row, for tables with a column per model
+        self.bold: set[tuple[str, int]] = set()  # (row name, column) of class=best cells
+        self.links: list[str] = []
         self._figure = self._cell = None
         self._row: list[str] = []
+        self._best: list[int] = []
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
@@ -44,8 +48,12 @@ class _Page(html.parser.HTMLParser):
             self.external.append(attrs.get("href") or attrs.get("src"))
         elif tag in ("th", "td"):
             self._cell = ""
+            if attrs.get("class") == "best":
+                self._best.append(len(self._row))
         elif tag == "tr":
-            self._row = []
+            self._row, self._best = [], []
+        elif tag == "a":
+            self.links.append(attrs.get("href"))
 
     def handle_data(self, data):
         if self._cell is not None:
@@ -55,8 +63,11 @@ class _Page(html.parser.HTMLParser):
         if tag in ("th", "td") and self._cell is not None:
             self._row.append(self._cell.strip())
             self._cell = None
-        elif tag == "tr" and len(self._row) == 2:
-            self.rows[self._row[0]] = self._row[1]
+        elif tag == "tr":
+            self.table.append(self._row)
+            self.bold.update((self._row[0], i) for i in self._best)
+            if len(self._row) == 2:
+                self.rows[self._row[0]] = self._row[1]
         elif tag == "figure":
             self._figure = None
 
@@ -102,6 +113,57 @@ def test_binary_report(bilstm_model, tmp_path, capsys):
     assert matrix.sum() == len(rows)
     assert matrix[1].sum() == labels.sum()
     assert (matrix[0, 0] + matrix[1, 1]) / len(rows) == pytest.approx(printed["accuracy"])
+
+
+def test_comparison_report(bilstm_model, bert_model, tmp_path, capsys):
+    """Two models on the same data: one column each, the best value bold, overlaid curves,
+    and a full report per model linked from the page."""
+    rows = _rows()
+    labels = np.array([i % 2 for i in range(len(rows))], dtype=np.int8)
+    data = tmp_path / "pairs.parquet"
+    write_pairs(data, rows, label=pa.array(labels, pa.int8()))
+    out = tmp_path / "compare"
+    argv = ["evaluate", "--model", bilstm_model, "--model", bert_model, "--data", str(data),
+            "--report", str(out)]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert list(printed["models"]) == ["bilstm", "bert"]
+    single = {}
+    for name, model in (("bilstm", bilstm_model), ("bert", bert_model)):
+        assert main(["evaluate", "--model", model, "--data", str(data)]) == 0
+        single[name] = json.loads(capsys.readouterr().out)
+        assert printed["models"][name]["accuracy"] == single[name]["accuracy"]
+
+    page = _parse(out / "report.html")
+    assert set(page.figures) == {"pr_curve", "roc_curve"}
+    assert page.external == []
+    header = page.table[0]
+    assert header == ["metric", "bilstm", "bert"]
+    table = {row[0]: row[1:] for row in page.table[1:]}
+    for col, name in enumerate(("bilstm", "bert"), 1):
+        assert float(table["roc_auc"][col - 1]) == pytest.approx(single[name]["roc_auc"],
+                                                                  abs=1e-4)
+    aucs = [single["bilstm"]["roc_auc"], single["bert"]["roc_auc"]]
+    if aucs[0] != aucs[1]:
+        assert ("roc_auc", 1 + int(np.argmax(aucs))) in page.bold
+        assert ("roc_auc", 2 - int(np.argmax(aucs))) not in page.bold
+    # Each model's own full report, linked from the comparison.
+    assert page.links == ["bilstm/report.html", "bert/report.html"]
+    for name in ("bilstm", "bert"):
+        assert set(_parse(out / name / "report.html").figures) == BINARY
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved["models"]) == {"bilstm", "bert"}
+
+
+def test_comparison_needs_the_same_data():
+    from model.report import write_comparison
+
+    a = {"model": "a", "data": "x.parquet", "n": 3, "scores": [0.1, 0.2, 0.3]}
+    b = {"model": "b", "data": "y.parquet", "n": 3, "scores": [0.1, 0.2, 0.3]}
+    with pytest.raises(ValueError, match="same data"):
+        write_comparison([a, b], "unused")
+    with pytest.raises(ValueError, match="at least two"):
+        write_comparison([a], "unused")
 
 
 def test_graded_report(bert_model, tmp_path, capsys):
