@@ -457,7 +457,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> ModelMetadata:
         log.info("epochs 1-%d: encoder frozen, head lr %g", cfg.freeze_epochs,
                  cfg.head_learning_rate)
         siamese.fit(
-            tr.dataset(), epochs=cfg.freeze_epochs, callbacks=callbacks, verbose=verbose
+            tr.dataset(), epochs=cfg.freeze_epochs, callbacks=callbacks, verbose=verbose,
+            shuffle=False,  # PairBatches shuffles its length-grouped batches itself
         )
         from model.layers import set_trainable
 
@@ -467,7 +468,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> ModelMetadata:
     _compile(siamese, _schedule(cfg, len(tr), cfg.epochs - cfg.freeze_epochs))
     siamese.fit(
         tr.dataset(), initial_epoch=cfg.freeze_epochs, epochs=cfg.epochs, callbacks=callbacks,
-        verbose=verbose,
+        verbose=verbose, shuffle=False,
     )
     monitor.restore()
     train_s = time.time() - started

@@ -183,6 +183,9 @@ def test_best_epoch_by_val_auc_is_the_one_exported(frozen_run, binary_data):
     assert meta.metrics["validation"]["roc_auc"] == pytest.approx(max(aucs), abs=1e-6)
 
 
+# No Keras warning either: an unused pooler left trainable ("Gradients do not exist") and
+# fit's default shuffle on a dataset both used to warn at every epoch.
+@pytest.mark.filterwarnings("error::UserWarning")
 def test_freeze_epochs_with_bert(binary_data, tmp_path):
     snaps = _Snapshots()
     cfg = _cfg(
