@@ -11,8 +11,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import datetime
+import getpass
 import json
+import logging
+import os
 import posixpath
+import socket
+import sys
+import time
+import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,6 +28,7 @@ from apache_beam.io import parquetio
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import s3clients
+from pipeline.validate import decode_dictionaries, decode_schema
 
 s3clients.share()
 
@@ -28,6 +37,8 @@ REJECTS = "rejects"
 SUMMARY = "summary.json"
 SUCCESS = "_SUCCESS"
 STAGING = "_staging"
+
+log = logging.getLogger("pairscore.io")
 
 
 class JobError(Exception):
@@ -57,8 +68,9 @@ def _footer(path: str) -> tuple[pa.Schema, int]:
 def scan_inputs(pattern: str) -> InputScan:
     """Match the input pattern and read every file's footer: schema and row count.
 
-    Fails, naming the file, on a pattern that matches nothing, a file that is not
-    Parquet, or schemas that disagree.
+    The schema is reported with dictionary-encoded columns (pandas categoricals) as
+    their value type, as `ReadPairs` delivers them. Fails, naming the file, on a pattern
+    that matches nothing, a file that is not Parquet, or schemas that disagree.
     """
     try:
         matched = FileSystems.match([pattern])[0].metadata_list
@@ -71,15 +83,18 @@ def scan_inputs(pattern: str) -> InputScan:
         raise JobError(f"input pattern {pattern} matches no files")
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         footers = list(pool.map(_footer, files))
+    # Compared as the tables will be seen (`ReadPairs` decodes dictionaries), so that a
+    # categorical column in one file matches a plain one in another.
     schema, rows = footers[0][0], 0
+    decoded = decode_schema(schema.remove_metadata())
     for path, (other, n) in zip(files, footers, strict=True):
         rows += n
-        if not other.remove_metadata().equals(schema.remove_metadata()):
+        if not decode_schema(other.remove_metadata()).equals(decoded):
             raise JobError(
                 f"{path}: schema differs from {files[0]}:\n  {files[0]}: "
                 f"{_describe(schema)}\n  {path}: {_describe(other)}"
             )
-    return InputScan(files, schema.remove_metadata(), rows)
+    return InputScan(files, decoded, rows)
 
 
 def _describe(schema: pa.Schema) -> str:
@@ -98,18 +113,40 @@ def check_columns(
             )
     for col in text_columns:
         t = schema.field(col).type
-        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
+        # Dictionary-encoded strings (pandas categoricals) are strings once decoded.
+        plain = t.value_type if pa.types.is_dictionary(t) else t
+        if not (
+            pa.types.is_string(plain) or pa.types.is_large_string(plain) or pa.types.is_null(t)
+        ):
             raise JobError(f"{source}: text column {col!r} has type {t}, expected a string type")
 
 
-def prepare_output(output: str, overwrite: bool) -> None:
-    """Refuse a finished output without --overwrite; clear what an earlier (finished or
-    crashed) run left, so that no stale file survives; prove the location writable."""
+def check_output(output: str, overwrite: bool) -> None:
+    """Refuse a finished output without --overwrite and prove the location writable.
+
+    Deletes nothing but its own probe, so that it can run with the other checks, before
+    the run marker is taken (`acquire_run_marker`) and the output cleared
+    (`clear_previous_output`). The probe's name is unique to this call, so that two
+    launchers checking the same output do not delete each other's probe.
+    """
     if FileSystems.exists(join(output, SUCCESS)) and not overwrite:
         raise JobError(
             f"{output} already holds a finished run ({SUCCESS} exists); "
             "pass --overwrite to replace it"
         )
+    probe = join(output, f".pairscore-write-check-{uuid.uuid4().hex}")
+    try:
+        with FileSystems.create(probe) as f:
+            f.write(b"ok")
+        FileSystems.delete([probe])
+    except Exception as e:  # noqa: BLE001
+        raise JobError(f"output location {output} is not writable ({e})") from None
+
+
+def clear_previous_output(output: str) -> None:
+    """Delete what an earlier (finished or crashed) run left, so that no stale file
+    survives: _SUCCESS, summary.json, labels/, rejects/ and _staging/. Leaves the run
+    marker alone; call it only while holding that marker."""
     # _SUCCESS first, so that a reader never sees it beside a half-cleared output; then
     # files before the directories holding them.
     stale = [join(output, SUCCESS), join(output, SUMMARY)]
@@ -124,13 +161,288 @@ def prepare_output(output: str, overwrite: bool) -> None:
         except Exception as e:  # noqa: BLE001
             if FileSystems.exists(path):
                 raise JobError(f"{output}: cannot clear the previous run's {path} ({e})") from None
-    probe = join(output, ".pairscore-write-check")
+
+
+RUN_MARKER = "_RUN.json"
+STALE_RUN_AFTER_S = 86400.0
+# Object stores: how long a launcher waits between writing its marker and reading it
+# back, so that another launcher's write racing its own shows up in the read-back.
+REMOTE_SETTLE_S = 2.0
+# Flags whose values are secrets, kept out of the marker's argv.
+_SECRET_FLAG_WORDS = ("secret", "password", "token", "access_key", "credential")
+
+
+@dataclasses.dataclass
+class RunMarker:
+    """OUT/_RUN.json: which run is writing OUT. The leading underscore keeps Parquet
+    dataset readers away; `clear_previous_output` and `publish` leave it alone."""
+
+    path: str
+    run_id: str
+    started_at: str  # UTC, ISO 8601 ("2025-01-31T12:00:00Z")
+    host: str
+    pid: int
+    user: str
+    argv: list[str]
+    boot_id: str | None = None  # Linux: tells a reboot (pids start over) from a live pid
+    pid_started: int | None = None  # Linux: the pid's start time, tells a reused pid
+    released: bool = dataclasses.field(default=False, compare=False)
+
+    FIELDS = ("run_id", "started_at", "host", "pid", "user", "argv", "boot_id", "pid_started")
+
+    def to_json(self) -> bytes:
+        record = {"format": 1, **{k: getattr(self, k) for k in self.FIELDS}}
+        return (json.dumps(record, indent=2) + "\n").encode()
+
+    def release(self) -> bool:
+        """Delete the marker if it is still ours; True if it was deleted. A marker
+        another run took over (ours was judged stale) is left to that run."""
+        if self.released:
+            return False
+        self.released = True
+        current = _read_marker(self.path)
+        if current is None:
+            log.warning("run marker %s is gone; nothing to release", self.path)
+            return False
+        if current.get("run_id") != self.run_id:
+            log.warning(
+                "run marker %s now belongs to run %s, not %s; left in place",
+                self.path,
+                current.get("run_id"),
+                self.run_id,
+            )
+            return False
+        FileSystems.delete([self.path])
+        return True
+
+    def __enter__(self) -> RunMarker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def new_run_id() -> str:
+    return f"{_now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def acquire_run_marker(
+    output: str,
+    run_id: str | None = None,
+    stale_after_s: float = STALE_RUN_AFTER_S,
+    argv: list[str] | None = None,
+    settle_s: float | None = None,
+) -> RunMarker:
+    """Claim OUT for this run by writing OUT/_RUN.json, or raise JobError naming the
+    run that holds it.
+
+    A marker is stale, and taken over with a warning, when it is older than
+    `stale_after_s` (--stale-run-after), or when it was left on this host by a process
+    that is gone (the pid is not alive, or it now belongs to a process started later,
+    or the host rebooted since). A marker from another host is live until it is old.
+
+    Local paths are claimed atomically (a hard link, which fails if the marker exists).
+    Beam's FileSystems have no create-if-absent for object stores (gs://, s3://): there
+    the marker is written, read back after `settle_s` (default REMOTE_SETTLE_S) and
+    kept only if it is still ours, so that of two launchers racing within that time the
+    later writer wins and the other stops. Two launchers taking over the same stale
+    marker at the same moment can still both proceed; that needs a dead run and two
+    restarts within about a second of each other.
+    """
+    if stale_after_s < 0:
+        raise JobError(f"--stale-run-after {stale_after_s} is negative")
+    path = join(output, RUN_MARKER)
+    local = "://" not in output
+    mine = _this_process(path, run_id or new_run_id(), argv)
+    for _ in range(3):
+        existing = _read_marker(path)
+        if existing is not None:
+            why = _stale_because(existing, stale_after_s)
+            if why is None:
+                raise JobError(_in_use(output, path, existing, stale_after_s))
+            log.warning(
+                "%s: taking over the run marker of run %s (%s)",
+                output,
+                existing.get("run_id", "?"),
+                why,
+            )
+            try:
+                FileSystems.delete([path])
+            except Exception:  # noqa: BLE001  (another launcher took it over first)
+                if _read_marker(path) == existing:
+                    raise
+        if _create(path, mine.to_json(), local):
+            break
+    else:
+        raise JobError(f"{output}: cannot claim {path}: other runs keep replacing it")
+    if not local:
+        time.sleep(REMOTE_SETTLE_S if settle_s is None else settle_s)
+    back = _read_marker(path)
+    if back is None or back.get("run_id") != mine.run_id:
+        raise JobError(
+            _in_use(output, path, back, stale_after_s)
+            if back
+            else f"{output}: the run marker {path} vanished after it was written"
+        )
+    return mine
+
+
+def _this_process(path: str, run_id: str, argv: list[str] | None) -> RunMarker:
+    pid = os.getpid()
+    return RunMarker(
+        path=path,
+        run_id=run_id,
+        started_at=f"{_now():%Y-%m-%dT%H:%M:%SZ}",
+        host=socket.gethostname(),
+        pid=pid,
+        user=_user(),
+        argv=_redact(list(sys.argv if argv is None else argv)),
+        boot_id=_boot_id(),
+        pid_started=_pid_started(pid),
+    )
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _user() -> str:
     try:
-        with FileSystems.create(probe) as f:
-            f.write(b"ok")
-        FileSystems.delete([probe])
-    except Exception as e:  # noqa: BLE001
-        raise JobError(f"output location {output} is not writable ({e})") from None
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001  (no login name, e.g. a container's bare uid)
+        return str(os.getuid()) if hasattr(os, "getuid") else "?"
+
+
+def _redact(argv: list[str]) -> list[str]:
+    out, hide_next = [], False
+    for token in argv:
+        if hide_next and not token.startswith("--"):
+            out.append("***")
+            hide_next = False
+            continue
+        hide_next = False
+        name, eq, _ = token.partition("=")
+        secret = name.startswith("--") and any(w in name.lower() for w in _SECRET_FLAG_WORDS)
+        if secret and eq:
+            out.append(f"{name}=***")
+        else:
+            out.append(token)
+            hide_next = secret
+    return out
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _pid_started(pid: int) -> int | None:
+    """Linux: the process's start time in clock ticks since boot, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        # Field 22, counted after the command name, which may hold spaces and ')'.
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _read_marker(path: str) -> dict | None:
+    """The marker's record; None when there is none; {} when it is unreadable."""
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            data = f.read()
+    except Exception:  # noqa: BLE001  (BeamIOError wraps each scheme's not-found)
+        if FileSystems.exists(path):
+            raise
+        return None
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _create(path: str, data: bytes, local: bool) -> bool:
+    """Write the marker; False if a local marker appeared meanwhile (lost the race)."""
+    if not local:
+        with FileSystems.create(path) as f:
+            f.write(data)
+        return True
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # Written aside, then linked into place: atomic, and never seen half written.
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    finally:
+        os.unlink(tmp)
+
+
+def _age_s(record: dict) -> float | None:
+    try:
+        started = datetime.datetime.fromisoformat(str(record["started_at"]))
+    except (KeyError, ValueError):
+        return None
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=datetime.UTC)
+    return max(0.0, (_now() - started).total_seconds())
+
+
+def _stale_because(record: dict, stale_after_s: float) -> str | None:
+    """Why the marker's run is over, or None if it may still be running."""
+    age = _age_s(record)
+    if age is None:
+        return "the marker is unreadable or has no start time"
+    if age > stale_after_s:
+        return f"started {age:.0f} s ago, more than --stale-run-after {stale_after_s:g} s"
+    if record.get("host") != socket.gethostname() or os.name != "posix":
+        return None  # another machine's pid tells nothing here
+    boot_id, here = record.get("boot_id"), _boot_id()
+    if boot_id and here and boot_id != here:
+        return "this host has rebooted since"
+    pid = record.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return "the marker has no valid pid"
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return f"pid {pid} is no longer alive on this host"
+    except PermissionError:
+        pass  # alive, another user's
+    started = record.get("pid_started")
+    now_started = _pid_started(pid)
+    if isinstance(started, int) and now_started is not None and now_started != started:
+        return f"pid {pid} is now another process"
+    return None
+
+
+def _in_use(output: str, path: str, record: dict, stale_after_s: float) -> str:
+    age = _age_s(record)
+    ago = f", {age:.0f} s ago" if age is not None else ""
+    return (
+        f"{output} is in use by run {record.get('run_id', '?')} started at "
+        f"{record.get('started_at', '?')}{ago} on host {record.get('host', '?')} "
+        f"(pid {record.get('pid', '?')}, user {record.get('user', '?')}); if that run is "
+        f"dead, delete {path} or pass --stale-run-after with fewer seconds than its age "
+        f"(now {stale_after_s:g}; a marker left on this host by a dead pid is taken over "
+        "at once)"
+    )
 
 
 def _match(pattern: str) -> list:
@@ -172,7 +484,8 @@ class _ParquetSource(parquetio._ParquetSource):
 
     def read_records(self, file_name, range_tracker):
         try:
-            yield from super().read_records(file_name, range_tracker)
+            for table in super().read_records(file_name, range_tracker):
+                yield decode_dictionaries(table)
         except Exception as e:  # noqa: BLE001  (pyarrow raises several types for bad data)
             raise InputReadError(
                 f"{file_name}: cannot read Parquet data ({type(e).__name__}: {e})"
@@ -185,7 +498,8 @@ class InputReadError(IOError):
 
 class ReadPairs(parquetio.ReadFromParquetBatched):
     """`ReadFromParquetBatched` (pyarrow Tables, one per row group) naming the file in
-    its errors: a footer can be fine while a data page is corrupt."""
+    its errors (a footer can be fine while a data page is corrupt), with dictionary
+    columns decoded (`validate.decode_dictionaries`), as `scan_inputs` reports them."""
 
     def __init__(self, file_pattern: str, validate: bool = True):
         super().__init__(file_pattern, validate=validate)
@@ -204,22 +518,21 @@ class Tally:
 def tally_outputs(label_files: list[str], reject_files: list[str], id_column: str) -> Tally:
     """Count what the job wrote, reading each file once and only the columns needed.
 
-    Distinct ids are counted as 64-bit hashes (8 bytes a row, whatever the id type) so
-    that the launcher holds one file's ids at a time, not the whole output's.
+    Distinct ids are exact for every id type: Arrow's `unique` per file, then over the
+    union of those (never Python's `hash()`, under which -1 and -2 collide). The
+    launcher holds the distinct ids seen so far, not every file's rows.
     """
-    import numpy as np
     import pyarrow.compute as pc
 
     tally = Tally()
-    hashes = []
+    distinct = _Distinct()
     for path in label_files:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             table = pq.read_table(f, columns=[id_column, "is_duplicate"])
         tally.scored += table.num_rows
         tally.duplicates += int(pc.sum(table["is_duplicate"]).as_py() or 0)
-        ids = table[id_column].to_pylist()
-        hashes.append(np.fromiter((hash(i) for i in ids), dtype=np.int64, count=len(ids)))
-    tally.distinct_ids = int(len(np.unique(np.concatenate(hashes)))) if hashes else 0
+        distinct.add(table[id_column])
+    tally.distinct_ids = distinct.count()
     for path in reject_files:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             reasons = pq.read_table(f, columns=["reason"])["reason"]
@@ -228,6 +541,44 @@ def tally_outputs(label_files: list[str], reject_files: list[str], id_column: st
             key = item["values"]
             tally.by_reason[key] = tally.by_reason.get(key, 0) + item["counts"]
     return tally
+
+
+class _Distinct:
+    """Distinct values over many arrays: each array's own distinct values are kept, and
+    merged whenever they outnumber the merged set, so merging costs amortised linear
+    time and memory stays near the number of distinct values."""
+
+    MIN_MERGE_ROWS = 1 << 20
+
+    def __init__(self):
+        self.merged: pa.Array | None = None
+        self.pending: list[pa.Array] = []
+        self.pending_rows = 0
+
+    def add(self, values: pa.ChunkedArray | pa.Array) -> None:
+        import pyarrow.compute as pc
+
+        if pa.types.is_dictionary(values.type):
+            values = values.cast(values.type.value_type)
+        if len(values) == 0:
+            return
+        unique = pc.unique(values)
+        self.pending.append(unique)
+        self.pending_rows += len(unique)
+        if self.pending_rows >= max(len(self.merged or ()), self.MIN_MERGE_ROWS):
+            self._merge()
+
+    def _merge(self) -> None:
+        import pyarrow.compute as pc
+
+        arrays = ([self.merged] if self.merged is not None else []) + self.pending
+        if arrays:
+            self.merged = pc.unique(pa.chunked_array(arrays, type=arrays[0].type))
+        self.pending, self.pending_rows = [], 0
+
+    def count(self) -> int:
+        self._merge()
+        return 0 if self.merged is None else len(self.merged)
 
 
 def write_text(path: str, text: str) -> None:

@@ -45,6 +45,45 @@ def _decodes(value: bytes) -> bool:
         return False
 
 
+def decoded_type(t: pa.DataType) -> pa.DataType:
+    """`t` with every dictionary, however deeply nested, replaced by its value type."""
+    if pa.types.is_dictionary(t):
+        return decoded_type(t.value_type)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        make = pa.list_ if pa.types.is_list(t) else pa.large_list
+        return make(t.value_field.with_type(decoded_type(t.value_type)))
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(t.value_field.with_type(decoded_type(t.value_type)), t.list_size)
+    if pa.types.is_map(t):
+        return pa.map_(
+            t.key_field.with_type(decoded_type(t.key_type)),
+            t.item_field.with_type(decoded_type(t.item_type)),
+            t.keys_sorted,
+        )
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(decoded_type(f.type)) for f in t])
+    return t
+
+
+def decode_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` with dictionary-encoded columns (pandas categoricals) as their values."""
+    return pa.schema([f.with_type(decoded_type(f.type)) for f in schema], metadata=schema.metadata)
+
+
+def decode_dictionaries(table: pa.Table) -> pa.Table:
+    """`table` with dictionary-encoded columns decoded to their value type; the same
+    table when it has none.
+
+    A pandas categorical arrives as dictionary<values=string>: a string column for us,
+    and every later step (validation, tokenization, the label and reject schemas)
+    expects the plain type. Decoding costs a copy of those columns only.
+    """
+    schema = decode_schema(table.schema)
+    if schema.equals(table.schema):
+        return table
+    return table.cast(schema)
+
+
 def validate_table(
     table: pa.Table, id_column: str, text_columns: tuple[str, str]
 ) -> tuple[pa.Table, pa.Table]:
