@@ -1,0 +1,154 @@
+"""`pairscore score`'s flags, and the check that refuses any flag nobody defines.
+
+    pairscore score --input 'pairs/*.parquet' --output out/ --model models/default \\
+        --threshold 0.9 --direct_num_workers 2
+
+Beam parses its options with `parse_known_args` and only logs "Discarding unparseable
+args" for the rest, so `--treshold 0.99` would score with the model's threshold.
+`check_known_flags` parses the command line the way Beam does, with every registered
+`PipelineOptions` subclass, and raises `JobError` naming the closest valid flag.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+from pipeline import profiles
+from pipeline.handler import PRECISIONS
+from pipeline.io import STALE_RUN_AFTER_S, JobError
+from pipeline.planning import JOINS, MODES
+
+
+class ScoreOptions(PipelineOptions):
+    """pairscore's own flags; every other flag is a Beam pipeline option."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        # Not argparse-required: Beam parses every options class whenever any view is made.
+        parser.add_argument("--input", help="Parquet file or glob of candidate pairs")
+        parser.add_argument("--output", help="output directory (local, gs://, s3://)")
+        parser.add_argument("--model", help="pairscore model directory")
+        parser.add_argument("--id-column", "--id_column", dest="id_column", default="pair_id")
+        parser.add_argument("--text-a-column", "--text_a_column", dest="text_a_column",
+                            default="text_a")
+        parser.add_argument("--text-b-column", "--text_b_column", dest="text_b_column",
+                            default="text_b")
+        parser.add_argument("--threshold", type=float, default=None,
+                            help="duplicate if score >= threshold (default: the model's)")
+        parser.add_argument("--keep-columns", "--keep_columns", dest="keep_columns", default="",
+                            help="comma-separated input columns copied to the labels")
+        parser.add_argument("--overwrite", action="store_true", default=False,
+                            help="replace an output directory that holds a finished run")
+        parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int,
+                            default=None, help="max pairs per model call (CPU 128, GPU 1024)")
+        parser.add_argument("--max-batch-tokens", "--max_batch_tokens", dest="max_batch_tokens",
+                            type=int, default=None,
+                            help="max padded tokens per side per model call")
+        parser.add_argument("--rebatch-rows", "--rebatch_rows", dest="rebatch_rows", type=int,
+                            default=16384, help="rows gathered before sorting by length")
+        parser.add_argument("--large-model", "--large_model", dest="large_model",
+                            action="store_true", default=False,
+                            help="share one model per worker across SDK processes")
+        parser.add_argument("--model-copies", "--model_copies", dest="model_copies", type=int,
+                            default=None, help="model copies per worker (e.g. one per GPU)")
+        parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                            help="batch-size defaults for this device")
+        parser.add_argument("--profile", choices=sorted(profiles.PROFILES), default=None,
+                            help="flag preset, e.g. dataflow-gpu (see docs/dataflow.md)")
+        parser.add_argument("--mode", choices=MODES, default="auto",
+                            help="pairs: encode both texts of every pair; unique: encode each "
+                            "distinct text once; auto: unique when a sample of the input "
+                            "shows repeated texts")
+        parser.add_argument("--unique-join", "--unique_join", dest="unique_join",
+                            choices=JOINS, default="auto",
+                            help="unique mode: join embeddings to pairs by side input (small "
+                            "sets) or by shuffle (millions of distinct texts); auto sizes it")
+        parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                            help="bfloat16: oneDNN mixed precision on CPU, faster but scores "
+                            "differ (see docs/performance.md)")
+        parser.add_argument("--max-model-error-ratio", "--max_model_error_ratio",
+                            dest="max_model_error_ratio", type=float, default=0.001,
+                            help="fail the job when rows rejected with reason model_error "
+                            "exceed this share of rows_in; 0 fails on the first failed batch")
+        parser.add_argument("--stale-run-after", "--stale_run_after", dest="stale_run_after",
+                            type=float, default=STALE_RUN_AFTER_S, metavar="SECONDS",
+                            help="a run marker (OUT/_RUN.json) older than this is stale and "
+                            "taken over; one left on this host by a dead process is taken "
+                            "over at once")
+
+
+class _FlagParser(_BeamArgumentParser):
+    """Beam's parser, raising JobError where argparse would print usage and exit."""
+
+    def error(self, message):
+        if message.startswith("ambiguous option: "):
+            return  # as Beam's parser does
+        raise JobError(message)
+
+
+def _option_classes() -> list[type]:
+    """Every PipelineOptions subclass defining flags, nested ones too (Beam's own
+    `get_all_options` walks only the direct subclasses, but a view of a nested class
+    parses its flags)."""
+    found, todo = [], list(PipelineOptions.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        if cls in found:
+            continue
+        found.append(cls)
+        todo += cls.__subclasses__()
+    return [cls for cls in found if "_add_argparse_args" in cls.__dict__]
+
+
+def _parser() -> _FlagParser:
+    # allow_abbrev=False as in Beam: `--thresh` is not `--threshold`. "resolve": an
+    # options class defined twice (e.g. in a reloaded module) must not stop the check.
+    parser = _FlagParser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
+    for cls in _option_classes():
+        cls._add_argparse_args(parser)
+    # Beam's parser has -h/--help; accept them rather than print help from here.
+    parser.add_argument("-h", "--help", action="store_true", dest="_help")
+    return parser
+
+
+def known_flags() -> list[str]:
+    """Every option string of pairscore and of the registered Beam options classes."""
+    return sorted({s for a in _parser()._actions for s in a.option_strings})
+
+
+def check_known_flags(argv: list[str]) -> None:
+    """Raise JobError for an argument that no options class defines (naming the closest
+    valid flag), a stray positional argument, or a flag whose value does not parse.
+
+    Accepts `--flag value` and `--flag=value`; abbreviations are not flags, as in Beam.
+    Call it before `profiles.expand` (whose flags are all known) so that a misspelt
+    flag is named before a profile complains of a missing one. Options that a portable
+    job server announces only at run time are unknown here.
+    """
+    parser = _parser()
+    _, extras = parser.parse_known_args(list(argv))
+    options = sorted(s for a in parser._actions for s in a.option_strings if s.startswith("--"))
+    problems, i, start = [], 0, 0
+    while i < len(extras):
+        token = extras[i]
+        # Where the token is in argv, to tell an unknown flag's value from a stray.
+        at = argv.index(token, start)
+        start = at + 1
+        i += 1
+        if token.startswith("-") and len(token) > 1 and token != "--":
+            name = token.split("=", 1)[0]
+            close = difflib.get_close_matches(name, options, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(f"unknown flag {name}{hint}")
+            nxt = i < len(extras) and start < len(argv) and argv[start] == extras[i]
+            if "=" not in token and nxt and not extras[i].startswith("-"):
+                i, start = i + 1, start + 1  # the unknown flag's value
+        elif token != "--":
+            problems.append(
+                f"unexpected argument {token!r}: every option is --flag value or --flag=value"
+            )
+    if problems:
+        raise JobError("; ".join(problems))
+
