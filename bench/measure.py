@@ -58,28 +58,12 @@ class NoopModel:
         return np.zeros(len(left), np.float32)
 
 
-def _noop_handler_class():
-    from pipeline.handler import PairModelHandler
-
-    class NoopPairModelHandler(PairModelHandler):
-        def load_model(self):
-            return NoopModel()
-
-    return NoopPairModelHandler
-
-
 def _job(argv: list[str], noop: bool = False) -> dict:
-    from pipeline import job
+    from pipeline import handler, job
 
     if noop:
-        handler = _noop_handler_class()
-        job.PairModelHandler = handler
-        try:
-            from pipeline import unique
-
-            unique.PairModelHandler = handler
-        except ImportError:
-            pass
+        # Every handler loads its model through this name, in this process (local runner).
+        handler.LoadedPairModel = lambda *args, **kwargs: NoopModel()
     with _Timer() as t:
         result = job.run(argv)
     s = result.summary
@@ -128,8 +112,8 @@ def _direct(model: str, path: str, batch_size: int = 128, precision: str = "floa
 
     table = _load_table(path)
     tok, specials = _tokenizer(model)
-    batches, _ = pack_table(tok, table, ("text_a", "text_b"), ["pair_id"], batch_size,
-                            batch_size * 32, specials)
+    batches, _ = pack_table(tok, table.select(["pair_id", "text_a", "text_b"]),
+                            ("text_a", "text_b"), batch_size, batch_size * 32, specials)
     with _Timer() as load:
         m = LoadedPairModel(model, precision=precision) if precision != "float32" else (
             LoadedPairModel(model))

@@ -8,25 +8,25 @@ it works behind Beam's multi-process proxy (`large_model=True` / `model_copies`)
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
+import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterable, Sequence
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.utils import retry
+from apache_beam.utils.shared import Shared
 
 from pipeline.packing import PackedBatch
 
 log = logging.getLogger("pairscore.handler")
-# Attempts per model call before the bundle fails. The local FnApiRunner never retries a
-# failed bundle (apache/beam#18640) and Dataflow retries a whole work item, so a transient
-# error (a GPU hiccup, a dead model-server process) is retried here, per batch.
+NAMESPACE = "pairscore"
+# Attempts per model call on a transient error, with exponential backoff from
+# SCORE_BACKOFF_S (0.5 s, then 1 s).
 SCORE_ATTEMPTS = 3
 SCORE_BACKOFF_S = 0.5
 PRECISIONS = ("float32", "bfloat16")
@@ -121,25 +121,29 @@ class LoadedPairModel:
         return self.scored_on or self.device
 
 
-_SHARED: collections.OrderedDict = collections.OrderedDict()
-_SHARED_LOCK = threading.Lock()
-_SHARED_KEEP = 2  # models kept after their job: a process that runs many jobs stays small
-
-
-def _load_shared(key: tuple[str, str, str]) -> LoadedPairModel:
-    with _SHARED_LOCK:
-        model = _SHARED.get(key)
-        if model is None:
-            model = LoadedPairModel(key[1], key[2])
-            _SHARED[key] = model
-            while len(_SHARED) > _SHARED_KEEP:
-                _SHARED.popitem(last=False)
-        return model
+def is_transient(error: BaseException) -> bool:
+    """Worth another attempt: a lost connection to a model process, a timeout, a device
+    or runtime that was briefly unavailable or out of memory. Not a shape mismatch, a bad
+    input or a model that cannot load: those fail the same way every time."""
+    if isinstance(error, (ConnectionError, TimeoutError, EOFError)):
+        return True
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return False
+    errors = tf.errors
+    return isinstance(error, (errors.UnavailableError, errors.AbortedError,
+                              errors.DeadlineExceededError, errors.ResourceExhaustedError))
 
 
 class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
-    """Scores `PackedBatch`es; each element is already one length-grouped model batch,
-    so RunInference's own batching is set to one element per call."""
+    """Scores `PackedBatch`es with `serving_default`. Each element is already one
+    length-grouped model batch: apply it through `.with_no_batching()`.
+
+    Transient errors are retried per batch (`is_transient`, Beam's exponential backoff):
+    the local FnApiRunner never retries a failed bundle (apache/beam#18640) and Dataflow
+    retries a whole work item. Other errors reach RunInference at once, whose dead-letter
+    output (`with_exception_handling`) turns the batch into rejects.
+    """
 
     def __init__(
         self,
@@ -147,39 +151,46 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
         *,
         large_model: bool = False,
         model_copies: int | None = None,
-        fail_once_marker: str | None = None,
         precision: str = "float32",
-        share_key: str | None = None,
+        shared: Shared | None = None,
     ):
-        super().__init__(
-            min_batch_size=1, max_batch_size=1, large_model=large_model, model_copies=model_copies
-        )
+        super().__init__(large_model=large_model, model_copies=model_copies)
         self._model_dir = model_dir
         self._precision = precision
-        # Handlers built with the same key share one loaded model per process (unique
-        # mode's encode and score_embeddings steps): one load, one copy in memory.
-        self._share_key = share_key
-        # Test-only fault injection: the first call that finds this file missing creates
-        # it and raises, so a retry must succeed (see tests/test_faults.py).
-        self._fail_once_marker = fail_once_marker
+        # Handlers given the same Shared handle (unique-text mode's encode and
+        # score_embeddings steps) load one model per process between them.
+        self._shared = shared
         self._attempts = SCORE_ATTEMPTS
         self._backoff_s = SCORE_BACKOFF_S
 
-    def load_model(self) -> LoadedPairModel:
-        if self._share_key is None:
-            return LoadedPairModel(self._model_dir, self._precision)
-        return _load_shared((self._share_key, self._model_dir, self._precision))
+    @property
+    def model_dir(self) -> str:
+        return self._model_dir
 
-    def run_inference(
-        self,
-        batch: Sequence[PackedBatch],
-        model: LoadedPairModel,
-        inference_args: dict | None = None,
-    ) -> Iterable[PackedBatch]:
-        # A list, not a generator: nothing is emitted until every batch is scored.
-        scored = [self._score(packed, model) for packed in batch]
-        self._count_device(model, sum(len(p) for p in scored))
-        return scored
+    def load_model(self) -> LoadedPairModel:
+        def load():
+            return LoadedPairModel(self._model_dir, self._precision)
+
+        if self._shared is None:
+            return load()
+        return self._shared.acquire(load, tag=f"{self._model_dir}|{self._precision}")
+
+    def run_inference(self, batch, model: LoadedPairModel, inference_args=None) -> list:
+        call = retry.with_exponential_backoff(
+            num_retries=self._attempts - 1,
+            initial_delay_secs=self._backoff_s,
+            retry_filter=is_transient,
+            logger=lambda *args: self._retrying(batch),
+            fuzz=False,
+        )(self._apply)
+        scored = call(batch, model)
+        self._count_device(model, len(scored))
+        return [scored]
+
+    def _retrying(self, batch) -> None:
+        Metrics.counter(NAMESPACE, "score_retries").inc()
+        log.warning("a model call on %d rows failed with a transient error; retrying",
+                    len(batch))
 
     def _count_device(self, model: LoadedPairModel, rows: int) -> None:
         # Asked once: behind model_copies / large_model each call is a round trip to the
@@ -191,38 +202,41 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
             log.info("scoring %s on %s", self._model_dir, self._device)
         device = self._device.upper()
         kind = "gpu" if ":GPU:" in device else "cpu" if "CPU" in device else "unknown"
-        Metrics.counter("pairscore", f"rows_scored_on_{kind}").inc(rows)
-
-    def _score(self, packed: PackedBatch, model: LoadedPairModel) -> PackedBatch:
-        attempt = 1
-        while True:
-            try:
-                self._inject_failure()
-                return self._apply(packed, model)
-            except Exception as e:  # noqa: BLE001
-                if attempt >= self._attempts:
-                    raise
-                Metrics.counter("pairscore", "score_retries").inc()
-                log.warning(
-                    "scoring a batch of %d pairs failed (attempt %d of %d), retrying: %s: %s",
-                    len(packed), attempt, self._attempts, type(e).__name__, e,
-                )
-                time.sleep(self._backoff_s * 2 ** (attempt - 1))
-                attempt += 1
+        Metrics.counter(NAMESPACE, f"rows_scored_on_{kind}").inc(rows)
 
     def _apply(self, packed: PackedBatch, model: LoadedPairModel) -> PackedBatch:
         """One model call on one batch; unique-text mode's handlers call other signatures."""
         packed.scores = model.score(packed.left, packed.right)
         return packed
 
-    def _inject_failure(self) -> None:
-        if self._fail_once_marker and not os.path.exists(self._fail_once_marker):
-            with open(self._fail_once_marker, "w") as f:
-                f.write("failed once\n")
-            raise RuntimeError("injected scoring failure (test hook)")
-
-    def get_num_bytes(self, batch: Sequence[PackedBatch]) -> int:
-        return sum(p.left.nbytes + p.right.nbytes for p in batch)
+    def get_num_bytes(self, batch: PackedBatch) -> int:
+        return batch.left.nbytes + batch.right.nbytes
 
     def get_metrics_namespace(self) -> str:
-        return "pairscore"
+        return NAMESPACE
+
+
+class EncodeHandler(PairModelHandler):
+    """`TextBatch`es of distinct texts -> their embeddings (`encode`)."""
+
+    def _apply(self, batch, model):
+        batch.embeddings = model.encode(batch.ids)
+        return batch
+
+    def _count_device(self, model, rows):
+        pass  # rows_scored_on_* counts pairs: ScoreEmbeddingsHandler does that
+
+    def get_num_bytes(self, batch) -> int:
+        return batch.ids.nbytes
+
+
+class ScoreEmbeddingsHandler(PairModelHandler):
+    """`EmbeddedBatch`es of pairs -> scores from both texts' embeddings
+    (`score_embeddings`)."""
+
+    def _apply(self, batch, model):
+        batch.scores = model.score_embeddings(batch.left, batch.right)
+        return batch
+
+    def get_num_bytes(self, batch) -> int:
+        return batch.left.nbytes + batch.right.nbytes

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 class PackedBatch:
     """One model call's worth of pairs: padded ids plus the columns the output keeps."""
 
-    rows: pa.Table  # id + keep columns, in the same order as left/right
+    rows: pa.Table  # the pairs' input rows, in the same order as left/right
     left: np.ndarray  # int32[B, Ta]
     right: np.ndarray  # int32[B, Tb]
     real_tokens: int
@@ -158,7 +158,6 @@ def pack_table(
     tokenizer: Tokenizer,
     table: pa.Table,
     text_columns: tuple[str, str],
-    keep_columns: list[str],
     max_batch_size: int,
     max_batch_tokens: int,
     min_tokens: int,
@@ -180,12 +179,11 @@ def pack_table(
         right = [right[i] for i in keep_idx]
         len_l, len_r = len_l[keep_idx], len_r[keep_idx]
         table = table.take(pa.array(keep_idx))
-    rows = table.select(keep_columns)
     out = []
     for idx in plan_pair_batches(len_l, len_r, max_batch_size, max_batch_tokens):
         out.append(
             PackedBatch(
-                rows=rows.take(pa.array(idx)),
+                rows=table.take(pa.array(idx)),
                 left=pad_rows(left, len_l, idx),
                 right=pad_rows(right, len_r, idx),
                 real_tokens=int(len_l[idx].sum() + len_r[idx].sum()),
@@ -198,7 +196,7 @@ def label_table(batch: PackedBatch, threshold: float, schema: pa.Schema) -> pa.T
     """The output rows of a scored batch: id, score, is_duplicate and kept columns."""
     scores = np.asarray(batch.scores, dtype=np.float32).reshape(-1)
     rows = batch.rows
-    cols = {name: rows[name] for name in rows.column_names}
+    cols = {f.name: rows[f.name] for f in schema if f.name in rows.column_names}
     cols["score"] = pa.array(scores, pa.float32())
     # Compared in float64: numpy would round the threshold to float32 (NEP 50), and a
     # score of float32(0.7) = 0.69999999 would be a duplicate at threshold 0.7 although

@@ -123,3 +123,16 @@ def split_by_reason(table: pa.Table, reason) -> tuple[pa.Table, pa.Table]:
 
 def reject_all(table: pa.Table, reason: str) -> pa.Table:
     return table.append_column(REASON, pa.array([reason] * table.num_rows, pa.string()))
+
+
+# The exception behind a `model_error` reject; null for the other reasons.
+ERROR = "error"
+
+
+def model_error_rows(rows: pa.Table, error: BaseException) -> pa.Table:
+    """A model batch's rows as rejects: reason `model_error`, the exception in `error`."""
+    n = rows.num_rows
+    message = f"{type(error).__name__}: {error}"[:2000]
+    return rows.append_column(REASON, pa.repeat(pa.scalar("model_error"), n)).append_column(
+        ERROR, pa.repeat(pa.scalar(message), n)
+    )

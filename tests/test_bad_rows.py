@@ -154,8 +154,7 @@ def test_tokenizing_megabyte_texts_keeps_memory_bounded(bilstm_model):
                           "text_a": [long] * 64, "text_b": ["learn python"] * 64}})
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         started = time.time()
-        batches, no_tokens = pack_table(tok, table, ("text_a", "text_b"), ["pair_id"],
-                                        256, 8192, 0)
+        batches, no_tokens = pack_table(tok, table, ("text_a", "text_b"), 256, 8192, 0)
         print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               time.time() - started, sum(len(b) for b in batches), batches[0].left.shape[1])
     """)

@@ -118,11 +118,13 @@ def assert_gpu_job(job: Job, model: str):
         assert docker.container_image == IMAGE
     assert STAGES <= set(job.transforms), sorted(STAGES - set(job.transforms))
 
-    inference = job.dofn_under("ScorePairs/Score", "_RunInferenceDoFn")
+    # RunInference with its dead-letter output: the DoFn runs inside Beam's wrapper.
+    inference = job.dofn_under("ScorePairs/Score", "_ExceptionHandlingWrapperDoFn")._fn
     handler = inference._model_handler
     assert handler.share_model_across_processes() and handler.model_copies() == 1
-    assert handler._model_dir == model
-    tokenize = job.dofn_under("ScorePairs/Tokenize", "TokenizeFn")
+    assert handler.should_skip_batching()  # each element is already one model batch
+    assert handler._base.model_dir == model
+    tokenize = job.dofn_under("ScorePairs/Tokenize", "_TokenizePairsFn")
     assert tokenize.cfg.batch_size == 1024  # the GPU default, not the CPU's 256
     assert tokenize.cfg.max_batch_tokens == 1024 * 64
     options = job.job.options.get_all_options()

@@ -91,7 +91,7 @@ def test_sigkill_midway_leaves_nothing_final_and_the_rerun_is_exact(tmp_path, bi
     assert (out / "_SUCCESS").exists() and not (out / "_staging").exists()
 
 
-# --- a model call that fails once ----------------------------------------------------
+# --- model calls that fail: transient errors retried, poison batches to rejects -----------
 
 
 @pytest.fixture(scope="module")
@@ -112,16 +112,38 @@ def _scores(out):
     return dict(zip(labels["pair_id"].to_pylist(), labels["score"].to_pylist(), strict=True))
 
 
+def _fail_calls(monkeypatch, method, calls, error):
+    """Make LoadedPairModel.`method` raise `error` on the given call numbers (1-based) of
+    this process: the local runner runs the job in the test's process."""
+    original = getattr(handler.LoadedPairModel, method)
+    seen = {"n": 0, "failed": 0}
+
+    def flaky(self, *args):
+        seen["n"] += 1
+        if seen["n"] in calls:
+            seen["failed"] += 1
+            raise error
+        return original(self, *args)
+
+    monkeypatch.setattr(handler.LoadedPairModel, method, flaky)
+    monkeypatch.setattr(handler, "SCORE_BACKOFF_S", 0.01)
+    return seen
+
+
+METHOD = {"pairs": "score", "unique": "score_embeddings"}
+
+
 @pytest.mark.parametrize("mode", ["pairs", "unique"])
-def test_a_model_call_failing_once_is_retried_without_duplicates_or_losses(
-    tmp_path, many_batches, mode
+def test_a_transient_failure_is_retried_without_duplicates_or_losses(
+    tmp_path, many_batches, mode, monkeypatch
 ):
     argv, clean, input_ids = many_batches
-    out, marker = tmp_path / "out", tmp_path / "fail-once"
-    result = job.run([*argv, "--output", str(out), "--mode", mode,
-                      "--test-fail-once", str(marker)])
-    assert marker.exists(), "the test hook did not fire"
+    out = tmp_path / "out"
+    seen = _fail_calls(monkeypatch, METHOD[mode], {1}, ConnectionError("model server gone"))
+    result = job.run([*argv, "--output", str(out), "--mode", mode])
+    assert seen["failed"] == 1
     assert result.summary["counters"]["score_retries"] == 1
+    assert result.summary["model_errors"] == 0
     assert _ids(out) == input_ids  # each id exactly as often as in the input
     got, want = _scores(out), _scores(clean)
     assert got.keys() == want.keys()
@@ -131,16 +153,78 @@ def test_a_model_call_failing_once_is_retried_without_duplicates_or_losses(
     )["rejected_by_reason"]
 
 
-class _FlakyModel:
-    """Stands in for LoadedPairModel: fails the first `failures` calls."""
+def _model_error_rejects(out):
+    rejects = pq.read_table(out / "rejects")
+    return rejects.filter(pc.equal(rejects["reason"], "model_error"))
 
-    def __init__(self, failures):
-        self.failures, self.calls = failures, 0
+
+@pytest.mark.parametrize("mode,method", [("pairs", "score"), ("unique", "score_embeddings"),
+                                         ("unique", "encode")])
+def test_a_poison_batch_goes_to_rejects_and_the_night_goes_on(
+    tmp_path, many_batches, mode, method, monkeypatch
+):
+    """A batch that fails with a non-transient error is not retried: its rows (or, when
+    encoding fails, the pairs holding its texts) are rejected as model_error, with the
+    exception, and everything else is scored as in a clean run."""
+    argv, clean, input_ids = many_batches
+    out = tmp_path / "out"
+    seen = _fail_calls(monkeypatch, method, {2}, ValueError("shape mismatch: [64,7] vs [64,9]"))
+    result = job.run([*argv, "--output", str(out), "--mode", mode,
+                      "--max-model-error-ratio", "0.5"])
+    assert seen["failed"] == 1 and seen["n"] > 2
+    assert "score_retries" not in result.summary["counters"]  # not worth another attempt
+    failed = _model_error_rejects(out)
+    assert failed.num_rows == result.summary["model_errors"] > 0
+    assert set(failed["error"].to_pylist()) == {"ValueError: shape mismatch: [64,7] vs [64,9]"}
+    # The failed rows are kept as given, texts included.
+    assert failed["text_a"].null_count == 0 and failed["text_b"].null_count == 0
+    assert _ids(out) == input_ids  # nothing lost, nothing twice
+    got, want = _scores(out), _scores(clean)
+    assert set(want) - set(got) == set(failed["pair_id"].to_pylist())
+    assert np.allclose([got[k] for k in got], [want[k] for k in got], atol=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rejected_by_reason"]["model_error"] == failed.num_rows
+    assert (out / "_SUCCESS").exists()
+
+
+def test_model_errors_past_the_ratio_fail_the_night_with_the_output_staged(
+    tmp_path, many_batches, monkeypatch
+):
+    argv, _, _ = many_batches
+    out = tmp_path / "out"
+    _fail_calls(monkeypatch, "score", {2}, ValueError("bad batch"))
+    # One batch of 64 rows in 3000 is 2%: over the default 0.1%.
+    with pytest.raises(JobError, match=r"\d+ of 3000 rows failed in the model.*"
+                       r"--max-model-error-ratio 0.001"):
+        job.run([*argv, "--output", str(out), "--mode", "pairs"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model_errors"] > 0 and summary["invariant_holds"] is True
+    assert not (out / "_SUCCESS").exists() and not (out / "labels").exists()
+    assert list((out / "_staging" / "rejects").glob("*.parquet"))
+
+
+def test_max_model_error_ratio_zero_fails_on_the_first_failed_batch(
+    tmp_path, many_batches, monkeypatch
+):
+    argv, _, _ = many_batches
+    out = tmp_path / "out"
+    seen = _fail_calls(monkeypatch, "score", {2}, ValueError("bad batch"))
+    with pytest.raises(JobError, match="the job failed, _SUCCESS not written: .*bad batch"):
+        job.run([*argv, "--output", str(out), "--mode", "pairs", "--max-model-error-ratio", "0"])
+    assert seen["failed"] == 1
+    assert not (out / "_SUCCESS").exists() and not (out / "summary.json").exists()
+
+
+class _FlakyModel:
+    """Stands in for LoadedPairModel: fails the first `failures` calls with `error`."""
+
+    def __init__(self, failures, error=ConnectionError):
+        self.failures, self.calls, self.error = failures, 0, error
 
     def score(self, left, right):
         self.calls += 1
         if self.calls <= self.failures:
-            raise RuntimeError(f"transient failure {self.calls}")
+            raise self.error(f"failure {self.calls}")
         return left.sum(axis=1).astype(np.float32) / 100
 
     def device_name(self):
@@ -159,18 +243,36 @@ def _handler():
     return h
 
 
-def test_scoring_retries_up_to_its_attempts_then_succeeds():
+def test_scoring_retries_transient_errors_up_to_its_attempts_then_succeeds():
     model = _FlakyModel(failures=handler.SCORE_ATTEMPTS - 1)
-    [out] = _handler().run_inference([_batch(4)], model)
+    [out] = _handler().run_inference(_batch(4), model)
     assert model.calls == handler.SCORE_ATTEMPTS
     assert out.scores.tolist() == pytest.approx([0.06, 0.15, 0.24, 0.33])
 
 
-def test_scoring_that_keeps_failing_fails_the_bundle():
+def test_scoring_that_keeps_failing_raises_after_its_attempts():
     model = _FlakyModel(failures=handler.SCORE_ATTEMPTS)
-    with pytest.raises(RuntimeError, match=f"transient failure {handler.SCORE_ATTEMPTS}"):
-        _handler().run_inference([_batch(2)], model)
+    with pytest.raises(ConnectionError, match=f"failure {handler.SCORE_ATTEMPTS}"):
+        _handler().run_inference(_batch(2), model)
     assert model.calls == handler.SCORE_ATTEMPTS
+
+
+@pytest.mark.parametrize("error", [ValueError, TypeError, KeyError])
+def test_errors_that_repeat_are_not_retried(error):
+    model = _FlakyModel(failures=1, error=error)
+    with pytest.raises(error):
+        _handler().run_inference(_batch(2), model)
+    assert model.calls == 1
+
+
+def test_only_transient_tensorflow_errors_are_retried():
+    import tensorflow as tf
+
+    assert handler.is_transient(tf.errors.UnavailableError(None, None, "device busy"))
+    assert handler.is_transient(tf.errors.ResourceExhaustedError(None, None, "OOM"))
+    assert not handler.is_transient(tf.errors.InvalidArgumentError(None, None, "shape"))
+    assert not handler.is_transient(tf.errors.NotFoundError(None, None, "no such op"))
+    assert handler.is_transient(ConnectionResetError()) and handler.is_transient(EOFError())
 
 
 # --- a model that cannot load ---------------------------------------------------------
@@ -231,5 +333,5 @@ def test_a_crashed_runs_leftovers_are_cleared(tmp_path, bilstm_model):
     write_pairs(out / "labels" / "part-00000-of-00002.parquet", [("stale", "a", "b")])
     (out / "_staging" / "labels" / "beam-temp-part-0").mkdir(parents=True)
     (out / "_staging" / "labels" / "beam-temp-part-0" / "x.part.parquet").write_bytes(b"PAR1")
-    pio.prepare_output(str(out), overwrite=False)
+    pio.clear_previous_output(str(out))
     assert _files(out) == []

@@ -13,7 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
 
 from model.predict import Scorer
-from pipeline import job
+from pipeline import job, stages
 from pipeline.io import JobError
 from tests.conftest import PAIRS, REPO, write_pairs
 
@@ -56,7 +56,8 @@ def test_scores_match_serving_default_and_nothing_is_lost(tmp_path, bilstm_model
         "empty_text", "empty_text", "null_id", "null_text"
     ]
     # Rejects keep the row as given.
-    assert set(rejects.column_names) == {"pair_id", "text_a", "text_b", "reason"}
+    assert set(rejects.column_names) == {"pair_id", "text_a", "text_b", "reason", "error"}
+    assert rejects["error"].null_count == rejects.num_rows  # only model errors carry one
 
     scorer = Scorer(bilstm_model)
     expected = dict(
@@ -160,7 +161,7 @@ def test_score_pairs_transform_in_test_pipeline(bilstm_model, tmp_path):
         return check
 
     with BeamTestPipeline(runner="FnApiRunner") as p:
-        results = p | beam.Create([table.slice(0, 5), table.slice(5)]) | job.ScorePairs(cfg)
+        results = p | beam.Create([table.slice(0, 5), table.slice(5)]) | stages.ScorePairs(cfg)
         assert_that(results["labels"], ids_of("labels"), label="CheckLabels")
         assert_that(results["rejects"], ids_of("rejects"), label="CheckRejects")
 

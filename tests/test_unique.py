@@ -1,4 +1,4 @@
-"""Unique-text mode (pipeline/unique.py): same scores as pair mode, every id once, rejects
+"""Unique-text mode (pipeline/stages.py ScoreUniqueTexts, textindex.py, joins.py, planning.py): same scores as pair mode, every id once, rejects
 intact; and the plain functions under it (hash, dedup, index lookup, mode choice,
 batch planning) against independent oracles."""
 
@@ -13,7 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
 
 from model import tokenization
-from pipeline import job, unique
+from pipeline import job, planning, stages, textindex
 from pipeline.handler import LoadedPairModel
 from pipeline.packing import pad_rows, plan_batches
 
@@ -72,8 +72,8 @@ def _run(src, out, model, *extra):
 def test_unique_mode_scores_like_pair_mode_with_every_id_once(tmp_path, bilstm_model,
                                                               monkeypatch):
     # Small buckets, so that the dedup and the shuffle join each use several keys.
-    monkeypatch.setattr(unique, "TEXTS_PER_BUCKET", 8)
-    monkeypatch.setattr(unique, "PAIRS_PER_JOIN_BUCKET", 30)
+    monkeypatch.setattr(planning, "TEXTS_PER_BUCKET", 8)
+    monkeypatch.setattr(planning, "PAIRS_PER_JOIN_BUCKET", 30)
     rows = _repeated_pairs(120) + BAD
     src = tmp_path / "pairs.parquet"
     _write(src, rows)
@@ -127,7 +127,7 @@ def test_auto_mode_picks_unique_for_repeats_and_pairs_for_distinct(tmp_path, bil
 
 
 def test_score_unique_on_one_input_matches_serving_default(bilstm_model):
-    """ScorePairs in a TestPipeline with no second read: the texts come from the same
+    """ScoreUniqueTexts in a TestPipeline with no second read: the texts come from the same
     PCollection. Scores equal `serving_default` called directly on the same pairs."""
     rows = _repeated_pairs(50, seed=3)
     table = pa.table({k: list(v) for k, v in zip(("pair_id", "text_a", "text_b"), zip(*rows))})
@@ -136,7 +136,7 @@ def test_score_unique_on_one_input_matches_serving_default(bilstm_model):
                              "--mode", "unique"]).view_as(job.ScoreOptions),
         dry_run=True,
     )
-    assert cfg.mode == "unique"  # explicit: a dry run reads nothing, so auto would be pairs
+    assert cfg.plan.mode == "unique"  # explicit: a dry run reads nothing, so auto would be pairs
 
     tok = tokenization.configure(
         __import__("tokenizers").Tokenizer.from_file(f"{bilstm_model}/assets/tokenizer.json"),
@@ -156,7 +156,7 @@ def test_score_unique_on_one_input_matches_serving_default(bilstm_model):
 
     with BeamTestPipeline() as p:
         out = (p | beam.Create([table.slice(0, 20), table.slice(20)])
-               | job.ScorePairs(cfg))
+               | stages.ScoreUniqueTexts(cfg))
         assert_that(out["labels"], check)
 
 
@@ -194,25 +194,25 @@ def test_text_hash_matches_a_bytewise_oracle():
     texts = TEXTS + ["", None, "a", "ab", "ba", "x" * 5_000_000, "\u0000"]
     arr = pa.array(texts, pa.string())
     want = [_reference_hash(t) if t != "x" * 5_000_000 else None for t in texts]
-    got = unique.text_hash(arr)
+    got = textindex.text_hash(arr)
     for w, g, t in zip(want, got.tolist(), texts):
         if w is not None:
             assert g == w, t
     # Offsets, chunking and string width do not change a value.
-    np.testing.assert_array_equal(unique.text_hash(arr.slice(3)), got[3:])
-    np.testing.assert_array_equal(unique.text_hash(arr.cast(pa.large_string())), got)
+    np.testing.assert_array_equal(textindex.text_hash(arr.slice(3)), got[3:])
+    np.testing.assert_array_equal(textindex.text_hash(arr.cast(pa.large_string())), got)
     np.testing.assert_array_equal(
-        unique.text_hash(pa.chunked_array([arr.slice(0, 4), arr.slice(4)])), got
+        textindex.text_hash(pa.chunked_array([arr.slice(0, 4), arr.slice(4)])), got
     )
-    assert len(set(unique.text_hash(pa.array(TEXTS)).tolist())) == len(TEXTS)
+    assert len(set(textindex.text_hash(pa.array(TEXTS)).tolist())) == len(TEXTS)
 
 
 def test_index_lookup_is_exact_even_when_hashes_collide():
     batches = [
-        unique.TextBatch(pa.array(TEXTS[:6]), None, embeddings=np.arange(12.0).reshape(6, 2)),
-        unique.TextBatch(pa.array(TEXTS[6:8]), None),  # texts without tokens
+        textindex.TextBatch(pa.array(TEXTS[:6]), None, embeddings=np.arange(12.0).reshape(6, 2)),
+        textindex.TextBatch(pa.array(TEXTS[6:8]), None),  # texts without tokens
     ]
-    index = unique.EmbeddingIndex.build(batches)
+    index = textindex.EmbeddingIndex.build(batches)
     query = pa.array([TEXTS[7], TEXTS[2], TEXTS[0], TEXTS[2]])
     pos = index.lookup(query)
     assert index.texts.take(pa.array(pos)).to_pylist() == query.to_pylist()
@@ -228,7 +228,7 @@ def test_index_lookup_is_exact_even_when_hashes_collide():
 
 
 def test_distinct_texts_combine_keeps_each_text_once():
-    fn = unique.DistinctTextsFn()
+    fn = textindex.DistinctTextsFn()
     rng = np.random.default_rng(0)
     pool = [f"text {i}" for i in range(5000)]
     accs = []
@@ -246,46 +246,46 @@ def test_distinct_texts_combine_keeps_each_text_once():
 
 def test_split_buckets_partitions_the_texts():
     texts = pa.array([f"t{i}" for i in range(1000)], pa.large_string())
-    parts = unique.split_buckets(texts, 7)
+    parts = textindex.split_buckets(texts, 7)
     assert sorted(t for _, a in parts for t in a.to_pylist()) == sorted(texts.to_pylist())
     assert len({b for b, _ in parts}) == len(parts) > 1
     # The same text lands in the same bucket from any table.
-    again = dict(unique.split_buckets(texts.slice(500), 7))
+    again = dict(textindex.split_buckets(texts.slice(500), 7))
     first = dict(parts)
     for b, arr in again.items():
         assert set(arr.to_pylist()) <= set(first[b].to_pylist())
 
 
-def test_choose_mode(tmp_path):
+def test_plan(tmp_path):
     _write(tmp_path / "rep.parquet", _repeated_pairs(200))
     _write(tmp_path / "one.parquet", [(f"i{i}", f"a {i}", f"b {i}") for i in range(200)])
     files = lambda name: [str(tmp_path / name)]  # noqa: E731
     cols = ("text_a", "text_b")
-    assert unique.choose_mode("auto", files("rep.parquet"), cols, 200).mode == "unique"
-    assert unique.choose_mode("auto", files("one.parquet"), cols, 200).mode == "pairs"
-    assert unique.choose_mode("pairs", files("rep.parquet"), cols, 200).mode == "pairs"
-    assert unique.choose_mode("unique", files("one.parquet"), cols, 200).mode == "unique"
-    assert unique.choose_mode("auto", files("rep.parquet"), cols, 10**7).buckets == 20
+    assert planning.plan("auto", files("rep.parquet"), cols, 200).mode == "unique"
+    assert planning.plan("auto", files("one.parquet"), cols, 200).mode == "pairs"
+    assert planning.plan("pairs", files("rep.parquet"), cols, 200).mode == "pairs"
+    assert planning.plan("unique", files("one.parquet"), cols, 200).mode == "unique"
+    assert planning.plan("auto", files("rep.parquet"), cols, 10**7).text_buckets == 20
     # The join: a side input while the embeddings are small, else the shuffle.
-    small = unique.choose_mode("unique", files("rep.parquet"), cols, 200, embedding_dim=384)
+    small = planning.plan("unique", files("rep.parquet"), cols, 200, embedding_dim=384)
     assert (small.join, small.join_buckets) == ("side-input", 1)
     # A sample with no repeats bounds the whole by 2 x rows: 20M texts, the shuffle.
-    big = unique.choose_mode("unique", files("one.parquet"), cols, 10**7, embedding_dim=384)
+    big = planning.plan("unique", files("one.parquet"), cols, 10**7, embedding_dim=384)
     assert (big.join, big.join_buckets) == ("shuffle", 100)
     # A sample where each text repeats: GEE says few distinct texts, the side input.
-    many = unique.choose_mode("unique", files("rep.parquet"), cols, 10**7, embedding_dim=384)
+    many = planning.plan("unique", files("rep.parquet"), cols, 10**7, embedding_dim=384)
     assert many.join == "side-input"
-    forced = unique.choose_mode("unique", [], cols, 10, join="shuffle")
+    forced = planning.plan("unique", [], cols, 10, join="shuffle")
     assert forced.join == "shuffle"
     with pytest.raises(ValueError, match="allowed: auto, side-input, shuffle"):
-        unique.choose_mode("unique", [], cols, 1, join="broadcast")
-    sample = unique.estimate_repeat(files("rep.parquet"), cols, 200, max_rows=50)
+        planning.plan("unique", [], cols, 1, join="broadcast")
+    sample = planning.estimate_repeat(files("rep.parquet"), cols, 200, max_rows=50)
     assert sample.rows == 50 and sample.repeat > 1
     assert sample.distinct == len(TEXTS)  # every text seen more than once: GEE is exact
-    whole = unique.estimate_repeat(files("rep.parquet"), cols, 200)
+    whole = planning.estimate_repeat(files("rep.parquet"), cols, 200)
     assert (whole.rows, whole.repeat, whole.distinct) == (200, 400 / len(TEXTS), len(TEXTS))
     with pytest.raises(ValueError, match="allowed: auto, pairs, unique"):
-        unique.choose_mode("fast", [], cols, 1)
+        planning.plan("fast", [], cols, 1)
 
 
 def _oracle_plan(lengths, max_rows, max_tokens):

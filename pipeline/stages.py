@@ -1,0 +1,558 @@
+"""The scoring job's stages: one composite PTransform each, thin shells over plain functions.
+
+Pair mode (`ScorePairs`)::
+
+    Validate -> Rebatch -> TokenizePairs -> Score (RunInference, serving_default)
+             -> Threshold                              rejects: Validate, TokenizePairs, Score
+
+Unique-text mode (`ScoreUniqueTexts`), for inputs whose texts repeat::
+
+    pairs:  Validate -> Rebatch ------------------------------\\
+    texts:  EncodeDistinctTexts (validate, dedup, tokenize,     -> JoinEmbeddings (SideInputJoin
+            RunInference encode) ------------------------------/   or ShuffleJoin)
+            -> ScoreEmbeddings (RunInference, score_embeddings) -> Threshold
+
+Both end in `WriteResults` (labels and rejects under OUT/_staging/). A model batch that
+still fails after its retries becomes rejects with reason `model_error` (RunInference's
+dead-letter output) unless `--max-model-error-ratio 0` asks the job to fail at once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.io.parquetio import WriteToParquetBatched
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.shared import Shared
+from apache_beam.utils.windowed_value import WindowedValue
+
+from model.config import join
+from pipeline import io as pio
+from pipeline import joins, textindex
+from pipeline.handler import EncodeHandler, PairModelHandler, ScoreEmbeddingsHandler
+from pipeline.packing import label_table, pack_table
+from pipeline.validate import model_error_rows, reject_all, validate_table
+
+if TYPE_CHECKING:
+    from pipeline.job import JobConfig
+
+NAMESPACE = "pairscore"
+
+
+def _counter(name: str):
+    return Metrics.counter(NAMESPACE, name)
+
+
+def _load_tokenizer(cfg: JobConfig):
+    from tokenizers import Tokenizer
+
+    from model import tokenization
+    from model.config import TOKENIZER_FILE
+
+    with beam.io.filesystems.FileSystems.open(join(cfg.model, TOKENIZER_FILE)) as f:
+        tok = Tokenizer.from_str(f.read().decode("utf-8"))
+    return tokenization.configure(tok, cfg.max_length)
+
+
+# --- Validate, Rebatch ---------------------------------------------------------------
+
+
+class _ValidateFn(beam.DoFn):
+    def __init__(self, cfg: JobConfig, count: bool):
+        self.id_column = cfg.id_column
+        self.text_columns = cfg.text_columns
+        self.count = count
+        self.rows_read = _counter("rows_read")
+        self.rejected = _counter("rows_rejected")
+
+    def process(self, table):
+        valid, rejects = validate_table(table, self.id_column, self.text_columns)
+        if self.count:
+            self.rows_read.inc(table.num_rows)
+            if rejects.num_rows:
+                self.rejected.inc(rejects.num_rows)
+                yield beam.pvalue.TaggedOutput("rejects", rejects)
+        if valid.num_rows:
+            yield valid
+
+
+class Validate(beam.PTransform):
+    """Arrow tables as read -> {'valid': tables, 'rejects': tables with a reason}.
+
+    `count=False` (unique mode's texts branch, a second read of the same rows) yields
+    only the valid rows and counts nothing: the pairs branch counts them."""
+
+    def __init__(self, cfg: JobConfig, count: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.count = count
+
+    def expand(self, tables):
+        out = tables | "Split" >> beam.ParDo(_ValidateFn(self.cfg, self.count)).with_outputs(
+            "rejects", main="valid")
+        return {"valid": out.valid, "rejects": out.rejects}
+
+
+class _RebatchFn(beam.DoFn):
+    def __init__(self, rows: int, max_bytes: int):
+        self.rows = rows
+        self.max_bytes = max_bytes
+
+    def start_bundle(self):
+        self.buffer, self.count, self.bytes = [], 0, 0
+
+    def process(self, table):
+        self.buffer.append(table)
+        self.count += table.num_rows
+        self.bytes += table.nbytes
+        if self.count >= self.rows or self.bytes >= self.max_bytes:
+            yield from self._flush()
+
+    def _flush(self):
+        if self.buffer:
+            table = pa.concat_tables(self.buffer, promote_options="permissive")
+            self.buffer, self.count, self.bytes = [], 0, 0
+            for start in range(0, table.num_rows, self.rows):
+                yield table.slice(start, self.rows)
+
+    def finish_bundle(self):
+        for table in self._flush():
+            yield WindowedValue(table, GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+
+class Rebatch(beam.PTransform):
+    """Gather small tables (row groups can be tiny) into ones of about `rows` rows, so
+    that sorting by length inside each has enough rows to make padding small. Holds at
+    most about `max_bytes` of input, so that rows of long texts do not pile up."""
+
+    def __init__(self, rows: int, max_bytes: int = 64 << 20):
+        super().__init__()
+        self.rows = rows
+        self.max_bytes = max_bytes
+
+    def expand(self, tables):
+        return tables | "Gather" >> beam.ParDo(_RebatchFn(self.rows, self.max_bytes))
+
+
+# --- pair mode: TokenizePairs, Score ------------------------------------------------------
+
+
+class _TokenizePairsFn(beam.DoFn):
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+        self.rejected = _counter("rows_rejected")
+        self.real = _counter("real_tokens")
+        self.computed = _counter("computed_tokens")
+
+    def setup(self):
+        self.tokenizer = _load_tokenizer(self.cfg)
+
+    def process(self, table):
+        cfg = self.cfg
+        batches, no_tokens = pack_table(
+            self.tokenizer, table, cfg.text_columns, cfg.batch_size, cfg.max_batch_tokens,
+            cfg.min_tokens,
+        )
+        if no_tokens is not None:
+            self.rejected.inc(no_tokens.num_rows)
+            yield beam.pvalue.TaggedOutput("rejects", reject_all(no_tokens, "no_tokens"))
+        for batch in batches:
+            self.real.inc(batch.real_tokens)
+            self.computed.inc(batch.computed_tokens)
+            yield batch
+
+
+class TokenizePairs(beam.PTransform):
+    """Valid pair tables -> {'batches': length-grouped `PackedBatch`es, 'rejects'}, with
+    the model's own tokenizer.json."""
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, tables):
+        out = tables | "Pack" >> beam.ParDo(_TokenizePairsFn(self.cfg)).with_outputs(
+            "rejects", main="batches")
+        return {"batches": out.batches, "rejects": out.rejects}
+
+
+def handler_for(cls, cfg: JobConfig, shared: Shared | None = None) -> PairModelHandler:
+    return cls(cfg.model, large_model=cfg.large_model, model_copies=cfg.model_copies,
+               precision=cfg.precision, shared=shared)
+
+
+def _rows_failed(batch, error) -> pa.Table:
+    # Counted here, where the rows leave the model branch for the rejects.
+    _counter("rows_rejected").inc(len(batch))
+    _counter("model_errors").inc(len(batch))
+    return model_error_rows(batch.rows, error)
+
+
+def _texts_failed(batch, error) -> textindex.TextBatch:
+    _counter("texts_failed").inc(len(batch))
+    return textindex.TextBatch(batch.texts, None, reason="model_error",
+                               error=f"{type(error).__name__}: {error}"[:2000])
+
+
+class RunModel(beam.PTransform):
+    """Model batches -> {'scored': the same batches with scores or embeddings,
+    'failed': `on_failure(batch, exception)` for each batch that failed after its retries}.
+
+    RunInference with `handler.with_no_batching()` (each element is already one model
+    batch) and, unless `fail_fast`, its dead-letter output."""
+
+    def __init__(self, handler: PairModelHandler, on_failure, fail_fast: bool):
+        super().__init__()
+        self.handler = handler
+        self.on_failure = on_failure
+        self.fail_fast = fail_fast
+
+    def expand(self, batches):
+        inference = RunInference(self.handler.with_no_batching())
+        if self.fail_fast:
+            scored = batches | "RunInference" >> inference
+            return {"scored": scored, "failed": scored.pipeline | "NoFailures" >> beam.Create([])}
+        scored, dead = batches | "RunInference" >> inference.with_exception_handling()
+        failed = dead.failed_inferences | "Failed" >> beam.MapTuple(self.on_failure)
+        return {"scored": scored, "failed": failed}
+
+
+# --- Threshold -------------------------------------------------------------------------
+
+
+class _ThresholdFn(beam.DoFn):
+    PROGRESS_EVERY_S = 5.0
+
+    def __init__(self, cfg: JobConfig):
+        self.threshold = cfg.threshold
+        self.schema = cfg.label_schema
+        self.scored = _counter("rows_scored")
+        self.duplicates = _counter("duplicates")
+
+    def setup(self):
+        import logging
+
+        self.log = logging.getLogger("pairscore.job")
+        self.started = self.last = time.time()
+        self.done = 0
+
+    def process(self, batch):
+        table = label_table(batch, self.threshold, self.schema)
+        n = table.num_rows
+        self.scored.inc(n)
+        self.duplicates.inc(int(pc.sum(table["is_duplicate"]).as_py() or 0))
+        self.done += n
+        now = time.time()
+        if now - self.last >= self.PROGRESS_EVERY_S:
+            self.last = now
+            self.log.info("scored %d pairs, %.0f pairs/s", self.done,
+                          self.done / (now - self.started))
+        yield table
+
+
+class Threshold(beam.PTransform):
+    """Scored batches -> label tables (id, score, is_duplicate, kept columns)."""
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, batches):
+        return batches | "Label" >> beam.ParDo(_ThresholdFn(self.cfg))
+
+
+# --- unique-text mode: EncodeDistinctTexts, the two joins, ScoreEmbeddings --------------
+
+
+class _KeyTextsFn(beam.DoFn):
+    def __init__(self, cfg: JobConfig):
+        self.text_columns = cfg.text_columns
+        self.buckets = cfg.plan.text_buckets
+
+    def process(self, table):
+        texts = textindex.distinct_texts(table, self.text_columns)
+        yield from textindex.split_buckets(texts, self.buckets)
+
+
+class _SplitTextsFn(beam.DoFn):
+    def __init__(self, rows: int):
+        self.rows = rows
+
+    def process(self, keyed):
+        _, texts = keyed
+        for start in range(0, len(texts), self.rows):
+            yield texts.slice(start, self.rows)
+
+
+class _TokenizeTextsFn(beam.DoFn):
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+        self.real = _counter("real_tokens")
+        self.computed = _counter("computed_tokens")
+        self.distinct = _counter("texts_encoded")
+
+    def setup(self):
+        self.tokenizer = _load_tokenizer(self.cfg)
+
+    def process(self, texts):
+        cfg = self.cfg
+        for batch in textindex.pack_texts(self.tokenizer, texts, cfg.batch_size,
+                                          cfg.max_batch_tokens, cfg.min_tokens):
+            if batch.ids is not None:
+                self.real.inc(batch.real_tokens)
+                self.computed.inc(int(batch.ids.size))
+                self.distinct.inc(len(batch))
+            yield batch
+
+
+class EncodeDistinctTexts(beam.PTransform):
+    """Arrow tables of candidate pairs (as read) -> `TextBatch`es holding each distinct
+    valid text once, with its embedding, or the reason it has none."""
+
+    def __init__(self, cfg: JobConfig, shared: Shared):
+        super().__init__()
+        self.cfg = cfg
+        self.shared = shared
+
+    def expand(self, tables):
+        cfg = self.cfg
+        valid = (tables | "Validate" >> Validate(cfg, count=False))["valid"]
+        batches = (
+            valid
+            | "KeyTexts" >> beam.ParDo(_KeyTextsFn(cfg))
+            | "DistinctTexts" >> beam.CombinePerKey(textindex.DistinctTextsFn())
+            | "SplitTexts" >> beam.ParDo(_SplitTextsFn(cfg.rebatch_rows))
+            # Spreads the encoding over workers: a bucket's texts leave the combine on one.
+            | "SpreadTexts" >> beam.Reshuffle()
+            | "TokenizeTexts" >> beam.ParDo(_TokenizeTextsFn(cfg))
+        )
+        to_encode = batches | "HasTokens" >> beam.Filter(lambda b: b.ids is not None)
+        no_tokens = batches | "NoTokens" >> beam.Filter(lambda b: b.ids is None)
+        encoded = to_encode | "Encode" >> RunModel(
+            handler_for(EncodeHandler, cfg, self.shared), _texts_failed,
+            fail_fast=cfg.fail_fast)
+        return ((encoded["scored"], encoded["failed"], no_tokens)
+                | "AllTexts" >> beam.Flatten())
+
+
+class _IndexFn(beam.CombineFn):
+    """All `TextBatch`es -> one `EmbeddingIndex`."""
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, batch):
+        # Only what the index needs travels on: the ids are dropped here.
+        acc.append(textindex.TextBatch(batch.texts, None, 0, batch.embeddings, batch.reason,
+                                       batch.error))
+        return acc
+
+    def merge_accumulators(self, accs):
+        return [b for acc in accs for b in acc]
+
+    def extract_output(self, acc):
+        return textindex.EmbeddingIndex.build(acc)
+
+
+class _CountRejects(beam.DoFn):
+    def __init__(self):
+        self.rejected = _counter("rows_rejected")
+
+    def process(self, table):
+        self.rejected.inc(table.num_rows)
+        yield table
+
+
+class _AttachFn(beam.DoFn):
+    def __init__(self, cfg: JobConfig):
+        self.text_columns = cfg.text_columns
+
+    def process(self, table, index):
+        batches, rejects = joins.attach_embeddings(index, table, self.text_columns)
+        for r in rejects:
+            yield beam.pvalue.TaggedOutput("rejects", r)
+        yield from batches
+
+
+class SideInputJoin(beam.PTransform):
+    """(valid pair tables, `TextBatch`es) -> {'batches': `EmbeddedBatch`es, 'rejects'}.
+
+    Every embedding in one `EmbeddingIndex`, a side input of the pairs. The pairs never
+    shuffle; every worker holds the distinct texts' embeddings. For up to a few hundred
+    thousand distinct texts (`planning.SIDE_INPUT_MAX_BYTES`)."""
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, inputs):
+        pairs, texts = inputs
+        index = texts | "Index" >> beam.CombineGlobally(_IndexFn())
+        out = pairs | "Attach" >> beam.ParDo(
+            _AttachFn(self.cfg), beam.pvalue.AsSingleton(index)
+        ).with_outputs("rejects", main="batches")
+        rejects = out.rejects | "CountRejects" >> beam.ParDo(_CountRejects())
+        return {"batches": out.batches, "rejects": rejects}
+
+
+class _JoinLeftFn(beam.DoFn):
+    def __init__(self, cfg: JobConfig):
+        self.text_columns = cfg.text_columns
+        self.buckets = cfg.plan.join_buckets
+
+    def process(self, grouped):
+        _, joined = grouped
+        parts, rejects = joins.join_left(list(joined["texts"]), list(joined["pairs"]),
+                                         self.text_columns, self.buckets)
+        for r in rejects:
+            yield beam.pvalue.TaggedOutput("rejects", r)
+        yield from parts
+
+
+class _JoinRightFn(beam.DoFn):
+    def __init__(self, cfg: JobConfig):
+        self.text_columns = cfg.text_columns
+
+    def process(self, grouped):
+        _, joined = grouped
+        batches, rejects = joins.join_right(list(joined["texts"]), list(joined["pairs"]),
+                                            self.text_columns)
+        for r in rejects:
+            yield beam.pvalue.TaggedOutput("rejects", r)
+        yield from batches
+
+
+class ShuffleJoin(beam.PTransform):
+    """(valid pair tables, `TextBatch`es) -> {'batches': `EmbeddedBatch`es, 'rejects'}.
+
+    Embeddings and pairs both keyed by text-hash bucket: a CoGroupByKey attaches the left
+    embeddings, a second one (pairs re-keyed by their right text) the right ones. Each
+    worker holds one bucket: for millions of distinct texts. (The local FnApiRunner keeps
+    whole shuffles in memory, so locally the side input is the lean one.)"""
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, inputs):
+        pairs, texts = inputs
+        cfg = self.cfg
+        buckets, text_a = cfg.plan.join_buckets, cfg.text_columns[0]
+        keyed_texts = texts | "KeyTexts" >> beam.FlatMap(joins.key_texts, buckets)
+        keyed_pairs = pairs | "KeyPairs" >> beam.FlatMap(joins.key_pairs, text_a, buckets)
+        left = (
+            {"texts": keyed_texts, "pairs": keyed_pairs}
+            | "GroupLeft" >> beam.CoGroupByKey()
+            | "JoinLeft" >> beam.ParDo(_JoinLeftFn(cfg)).with_outputs("rejects", main="parts")
+        )
+        right = (
+            {"texts": keyed_texts, "pairs": left.parts}
+            | "GroupRight" >> beam.CoGroupByKey()
+            | "JoinRight" >> beam.ParDo(_JoinRightFn(cfg)).with_outputs(
+                "rejects", main="batches")
+        )
+        rejects = ((left.rejects, right.rejects) | "MergeRejects" >> beam.Flatten()
+                   | "CountRejects" >> beam.ParDo(_CountRejects()))
+        return {"batches": right.batches, "rejects": rejects}
+
+
+# --- the two modes ----------------------------------------------------------------------
+
+
+class ScorePairs(beam.PTransform):
+    """Pair mode: Arrow tables of candidate pairs -> {'labels': tables, 'rejects': tables}.
+    Both texts of every pair are encoded."""
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, tables):
+        cfg = self.cfg
+        checked = tables | "Validate" >> Validate(cfg)
+        rebatched = checked["valid"] | "Rebatch" >> Rebatch(cfg.rebatch_rows)
+        packed = rebatched | "Tokenize" >> TokenizePairs(cfg)
+        scored = packed["batches"] | "Score" >> RunModel(
+            handler_for(PairModelHandler, cfg), _rows_failed, fail_fast=cfg.fail_fast)
+        labels = scored["scored"] | "Threshold" >> Threshold(cfg)
+        rejects = ((checked["rejects"], packed["rejects"], scored["failed"])
+                   | "MergeRejects" >> beam.Flatten())
+        return {"labels": labels, "rejects": rejects}
+
+
+class ScoreUniqueTexts(beam.PTransform):
+    """Unique-text mode: (pair tables, the same tables read again for their texts) ->
+    {'labels', 'rejects'}. Each distinct text is encoded once; pairs are scored from
+    their texts' embeddings (score == score_embeddings(encode(a), encode(b))).
+
+    The texts branch takes its own read of the input so that the pairs branch streams
+    from its read once the embeddings are ready, instead of the runner holding every pair
+    until then. Given one PCollection, both branches read it."""
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, inputs):
+        pairs, texts = inputs if isinstance(inputs, tuple) else (inputs, inputs)
+        cfg = self.cfg
+        # Encode and score_embeddings share one loaded model per process.
+        shared = Shared()
+        checked = pairs | "Validate" >> Validate(cfg)
+        rebatched = checked["valid"] | "Rebatch" >> Rebatch(cfg.rebatch_rows)
+        embedded = texts | "EncodeDistinctTexts" >> EncodeDistinctTexts(cfg, shared)
+        join = SideInputJoin if cfg.plan.join == "side-input" else ShuffleJoin
+        joined = (rebatched, embedded) | "JoinEmbeddings" >> join(cfg)
+        scored = joined["batches"] | "ScoreEmbeddings" >> RunModel(
+            handler_for(ScoreEmbeddingsHandler, cfg, shared), _rows_failed,
+            fail_fast=cfg.fail_fast)
+        labels = scored["scored"] | "Threshold" >> Threshold(cfg)
+        rejects = ((checked["rejects"], joined["rejects"], scored["failed"])
+                   | "MergeRejects" >> beam.Flatten())
+        return {"labels": labels, "rejects": rejects}
+
+
+# --- WriteResults -----------------------------------------------------------------------
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns; a missing one (`error` outside model
+    errors) comes as nulls."""
+    n = table.num_rows
+    cols = [table[f.name] if f.name in table.column_names else pa.nulls(n, f.type)
+            for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema.remove_metadata()).cast(schema)
+
+
+class WriteResults(beam.PTransform):
+    """{'labels', 'rejects'} -> Parquet files under OUT/_staging/ (published by the
+    launcher once the rows add up)."""
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, results):
+        cfg = self.cfg
+        staging = pio.staging(cfg.output)
+        return {
+            "labels": results["labels"]
+            | "WriteLabels" >> WriteToParquetBatched(
+                join(staging, pio.LABELS, "part"),
+                schema=cfg.label_schema,
+                file_name_suffix=".parquet",
+            ),
+            "rejects": results["rejects"]
+            | "ConformRejects" >> beam.Map(conform, cfg.reject_schema)
+            | "WriteRejects" >> WriteToParquetBatched(
+                join(staging, pio.REJECTS, "part"),
+                schema=cfg.reject_schema,
+                file_name_suffix=".parquet",
+            ),
+        }
