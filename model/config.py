@@ -5,9 +5,12 @@ A model directory holds everything a scoring job needs::
     MODEL_DIR/saved_model.pb, variables/   TensorFlow SavedModel (four signatures)
     MODEL_DIR/assets/tokenizer.json        Hugging Face `tokenizers` file
     MODEL_DIR/assets/vocab.txt             the same vocabulary, for tf-text in-graph
-    MODEL_DIR/pairscore.json               metadata (see `ModelMetadata`)
+    MODEL_DIR/pairscore.json               metadata (see `ModelMetadata`), with a
+                                           manifest of every other file
 
-`check_model_dir` is the one place that decides whether a directory honours it.
+`check_model_dir` is the one place that decides whether a directory honours it;
+`model.modeldir.ModelDir` opens one (any filesystem Beam knows) and checks its files
+against the manifest.
 """
 
 from __future__ import annotations
@@ -85,6 +88,10 @@ class ModelMetadata:
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     fingerprint: str = ""
+    # Every file of the directory but pairscore.json: relative path (always "/") ->
+    # {"size", "sha256", "md5", "crc32c"} (md5 and crc32c base64, as GCS reports them).
+    # None in directories exported before pairscore recorded it.
+    manifest: dict[str, dict[str, Any]] | None = None
     created_at: str = dataclasses.field(
         default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(
             timespec="seconds"
@@ -116,20 +123,47 @@ class ModelMetadata:
         meta = cls(**{k: v for k, v in data.items() if k in names})
         if not 0.0 <= float(meta.threshold) <= 1.0:
             raise ModelDirError(f"{source}: threshold {meta.threshold} is outside [0, 1]")
+        _check_manifest(meta.manifest, source)
         return meta
 
 
-def _fs():
+def _check_manifest(manifest: Any, source: str) -> None:
+    if manifest is None:
+        return
+    if not isinstance(manifest, dict):
+        raise ModelDirError(f"{source}: manifest is a {type(manifest).__name__}, not an object")
+    for rel, entry in manifest.items():
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("size"), int)
+            and isinstance(entry.get("sha256"), str)
+        ):
+            raise ModelDirError(
+                f"{source}: manifest entry {rel!r} needs an integer size and a sha256"
+            )
+
+
+def filesystems():
+    """Beam's `FileSystems`, ready for local paths, gs:// and s3:// outside a pipeline."""
     # Imported lazily so that model code can run without Beam's filesystem registry.
     from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.value_provider import RuntimeValueProvider
 
+    if FileSystems._pipeline_options is None and RuntimeValueProvider.runtime_options is None:
+        # Outside a pipeline (evaluate, scripts) nothing has set Beam's options, and its
+        # S3 filesystem then refuses every call ("Must provide one of client or
+        # options"). Defaults leave credentials and endpoint to boto3's own chain
+        # (AWS_* variables, AWS_ENDPOINT_URL); a job's own options replace these.
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        FileSystems.set_options(PipelineOptions([]))
     return FileSystems
 
 
 def read_metadata(model_dir: str) -> ModelMetadata:
     """Read and check `pairscore.json` from a local or remote model directory."""
     path = join(model_dir, METADATA_FILE)
-    with _fs().open(path) as f:
+    with filesystems().open(path) as f:
         raw = f.read()
     try:
         data = json.loads(raw)
@@ -140,7 +174,7 @@ def read_metadata(model_dir: str) -> ModelMetadata:
 
 def check_model_dir(model_dir: str) -> ModelMetadata:
     """Fail fast, naming what is missing, when `model_dir` breaks the contract."""
-    fs = _fs()
+    fs = filesystems()
     prefix = model_dir.rstrip("/") + "/"
     # On gs:// and s3:// a directory is only a key prefix: no object is named after it.
     if not (

@@ -1,6 +1,10 @@
 """Evaluate a model directory on labelled (or graded) pairs.
 
     pairscore evaluate --model models/default --data mrpc_dev.parquet
+    pairscore evaluate --model gs://bucket/models/m --data mrpc_dev.parquet
+
+The model directory is opened (and checked against its manifest) by `Scorer`, so it may
+be local, gs:// or s3://.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -16,6 +15,7 @@ from model.config import (
     VOCAB_FILE,
     ModelMetadata,
 )
+from model.modeldir import build_manifest
 
 
 def _serving_module(encoder, head, vocab_path: str, info: dict, max_length: int):
@@ -64,24 +64,14 @@ def _serving_module(encoder, head, vocab_path: str, info: dict, max_length: int)
 
 def fingerprint(model_dir: str) -> str:
     """sha256 over the SavedModel graph, variables and assets: names a model exactly."""
-    digest = hashlib.sha256()
-    for root, _, files in sorted(os.walk(model_dir)):
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, model_dir)
-            if rel in (METADATA_FILE, "fingerprint.pb"):
-                continue
-            digest.update(rel.encode())
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return build_manifest(model_dir)[1]
 
 
 def export(
     encoder, head, tokenizer: Tokenizer, metadata: ModelMetadata, output_dir: str
 ) -> ModelMetadata:
-    """Write SavedModel + assets/tokenizer.json + assets/vocab.txt + pairscore.json.
+    """Write SavedModel + assets/tokenizer.json + assets/vocab.txt + pairscore.json
+    (with the manifest of the other files, see model/modeldir.py).
 
     An existing model directory at `output_dir` is replaced; any other non-empty
     directory is refused rather than deleted.
@@ -110,7 +100,9 @@ def export(
         }
         tf.saved_model.save(module, output_dir, signatures=signatures)
     tokenizer.save(os.path.join(output_dir, TOKENIZER_FILE))
-    metadata.fingerprint = fingerprint(output_dir)
+    # One read of the files gives both: the manifest ModelDir.open checks them against,
+    # and the fingerprint that names the model (embedding stores, summaries).
+    metadata.manifest, metadata.fingerprint = build_manifest(output_dir)
     with open(os.path.join(output_dir, METADATA_FILE), "w") as f:
         f.write(metadata.to_json() + "\n")
     return metadata
