@@ -33,7 +33,7 @@ from pipeline import io as pio
 from pipeline import planning, profiles, stages
 from pipeline.io import JobError
 from pipeline.options import ScoreOptions, check_known_flags
-from pipeline.validate import ERROR, REASON
+from pipeline.validate import ERROR, MODEL_ERROR, REASON
 
 log = logging.getLogger("pairscore.job")
 NAMESPACE = "pairscore"
@@ -188,9 +188,10 @@ def build(p: beam.Pipeline, cfg: JobConfig, dry_run: bool = False) -> dict:
 def _pipeline_options(argv: list[str] | None) -> PipelineOptions:
     import sys
 
-    flags = profiles.expand(argv if argv is not None else sys.argv[1:])
-    check_known_flags(flags)
-    options = PipelineOptions(flags)
+    argv = argv if argv is not None else sys.argv[1:]
+    # Before the profile adds its flags, so that a typo is named as typed.
+    check_known_flags(argv)
+    options = PipelineOptions(profiles.expand(argv))
     std = options.view_as(StandardOptions)
     if std.runner is None:
         std.runner = FNAPI
@@ -223,7 +224,7 @@ def finalize(cfg: JobConfig, result: PipelineResult | None, runner: str,
     reject_files = pio.output_files(pio.staging(cfg.output), pio.REJECTS)
     tally = pio.tally_outputs(label_files, reject_files, cfg.id_column)
     scored, rejected = tally.scored, tally.rejected
-    model_errors = tally.by_reason.get("model_error", 0)
+    model_errors = tally.by_reason.get(MODEL_ERROR, 0)
     summary = {
         "run_id": cfg.run_id,
         "rows_in": cfg.rows_in,

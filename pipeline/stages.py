@@ -37,7 +37,13 @@ from pipeline import io as pio
 from pipeline import joins, textindex
 from pipeline.handler import EncodeHandler, PairModelHandler, ScoreEmbeddingsHandler
 from pipeline.packing import label_table, pack_table
-from pipeline.validate import model_error_rows, reject_all, validate_table
+from pipeline.validate import (
+    MODEL_ERROR,
+    describe_error,
+    model_error_rows,
+    reject_all,
+    validate_table,
+)
 
 if TYPE_CHECKING:
     from pipeline.job import JobConfig
@@ -196,8 +202,8 @@ def _rows_failed(batch, error) -> pa.Table:
 
 def _texts_failed(batch, error) -> textindex.TextBatch:
     _counter("texts_failed").inc(len(batch))
-    return textindex.TextBatch(batch.texts, None, reason="model_error",
-                               error=f"{type(error).__name__}: {error}"[:2000])
+    return textindex.TextBatch(batch.texts, None, reason=MODEL_ERROR,
+                               error=describe_error(error))
 
 
 class RunModel(beam.PTransform):

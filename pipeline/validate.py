@@ -8,6 +8,8 @@ import pyarrow.compute as pc
 REASON = "reason"
 # In the order they are checked: a row gets the first reason that applies.
 REASONS = ("null_id", "empty_id", "null_text", "empty_text", "invalid_text", "no_tokens")
+# Rows whose model batch failed after its retries (pipeline.stages.RunModel).
+MODEL_ERROR = "model_error"
 
 
 def _blank(column) -> pa.ChunkedArray:
@@ -129,10 +131,21 @@ def reject_all(table: pa.Table, reason: str) -> pa.Table:
 ERROR = "error"
 
 
-def model_error_rows(rows: pa.Table, error: BaseException) -> pa.Table:
+def describe_error(error) -> str:
+    """'Type: message' of an exception, or of the (type, repr, traceback lines) that
+    Beam's dead-letter outputs carry instead."""
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}"[:2000]
+    kind, text, lines = error
+    # traceback.format_exception ends with the "Type: message" line.
+    last = lines[-1].strip() if lines else f"{kind.__name__}: {text}"
+    return last.split(".", 1)[-1] if last.startswith(kind.__module__ + ".") else last[:2000]
+
+
+def model_error_rows(rows: pa.Table, error) -> pa.Table:
     """A model batch's rows as rejects: reason `model_error`, the exception in `error`."""
     n = rows.num_rows
-    message = f"{type(error).__name__}: {error}"[:2000]
-    return rows.append_column(REASON, pa.repeat(pa.scalar("model_error"), n)).append_column(
+    message = describe_error(error)
+    return rows.append_column(REASON, pa.repeat(pa.scalar(MODEL_ERROR), n)).append_column(
         ERROR, pa.repeat(pa.scalar(message), n)
     )

@@ -78,17 +78,20 @@ def test_sigkill_midway_leaves_nothing_final_and_the_rerun_is_exact(tmp_path, bi
 
     left = _files(out)
     assert left, "a killed run midway should have left its temporary files"
-    assert all(f.startswith("_staging/") for f in left), left
+    # Beam's temporary files, and the run marker of a process that is now dead.
+    assert all(f.startswith("_staging/") or f == "_RUN.json" for f in left), left
     assert not (out / "_SUCCESS").exists() and not (out / "summary.json").exists()
     assert not (out / "labels").exists() and not (out / "rejects").exists()
     # A Parquet dataset reader pointed at the output finds nothing to read.
     assert ds.dataset(str(out), format="parquet").files == []
 
-    result = job.run(argv)  # no --overwrite needed: the killed run never finished
+    # No --overwrite needed: the killed run never finished; its marker names a dead pid.
+    result = job.run(argv)
     assert result.summary["rows_in"] == table.num_rows
     assert result.summary["scored"] + result.summary["rejected"] == table.num_rows
     assert _ids(out) == collections.Counter(table["pair_id"].to_pylist())
     assert (out / "_SUCCESS").exists() and not (out / "_staging").exists()
+    assert not (out / "_RUN.json").exists()
 
 
 # --- model calls that fail: transient errors retried, poison batches to rejects -----------
@@ -169,7 +172,8 @@ def test_a_poison_batch_goes_to_rejects_and_the_night_goes_on(
     argv, clean, input_ids = many_batches
     out = tmp_path / "out"
     seen = _fail_calls(monkeypatch, method, {2}, ValueError("shape mismatch: [64,7] vs [64,9]"))
-    result = job.run([*argv, "--output", str(out), "--mode", mode,
+    # Tables of 500 rows: several score_embeddings calls too (up to 4096 pairs each).
+    result = job.run([*argv, "--output", str(out), "--mode", mode, "--rebatch-rows", "500",
                       "--max-model-error-ratio", "0.5"])
     assert seen["failed"] == 1 and seen["n"] > 2
     assert "score_retries" not in result.summary["counters"]  # not worth another attempt
