@@ -157,6 +157,11 @@ def filesystems():
         from apache_beam.options.pipeline_options import PipelineOptions
 
         FileSystems.set_options(PipelineOptions([]))
+    # Beam builds a boto3 client per S3 call (~0.3 s each); share one per process, as
+    # the pipeline's workers do.
+    from pipeline import s3clients
+
+    s3clients.share()
     return FileSystems
 
 

@@ -322,3 +322,155 @@ def test_s3_file_operations_share_one_client(s3, tmp_path, monkeypatch):
     assert got == {url: data for url, data in zip(urls, blobs.values(), strict=True)}
     # 18 exists, 18 opens and a match: one Session, not one per operation.
     assert len(sessions) == 1
+
+
+# ModelDir over object storage: `pairscore evaluate` with the model in the bucket, and
+# the manifest checked there without downloading the model.
+
+SHARD = "variables/variables.data-00000-of-00001"
+LABELS = [1, 1, 0, 1, 0, 0, 1]
+
+
+@pytest.fixture
+def fresh_filesystems(bucket, monkeypatch):
+    return _fresh_filesystems(bucket, monkeypatch)
+
+
+def _fresh_filesystems(bucket, monkeypatch):
+    """The storage as a new `pairscore evaluate` process sees it: no Beam options set
+    (earlier tests in this process set some), configured by the environment only."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.value_provider import RuntimeValueProvider
+
+    monkeypatch.setattr(FileSystems, "_pipeline_options", None)
+    monkeypatch.setattr(RuntimeValueProvider, "runtime_options", None)
+    env = dict(bucket.env())
+    if bucket.scheme == "s3":
+        env.update(AWS_ENDPOINT_URL=bucket.endpoint, AWS_ACCESS_KEY_ID="testing",
+                   AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return bucket
+
+
+def _labelled(tmp: pathlib.Path) -> str:
+    path = tmp / "labelled.parquet"
+    write_pairs(path, PAIRS, label=pa.array(LABELS, pa.int64()))
+    return str(path)
+
+
+def _evaluate_cli(capsys, model: str, data: str) -> dict:
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", model, "--data", data]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _tamper(bucket, key: str, model_dir: str, tmp: pathlib.Path) -> None:
+    """Replace one object by the same number of bytes, one of them changed."""
+    data = bytearray(pathlib.Path(model_dir, key.split("/model/", 1)[1]).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp / "tampered").write_bytes(bytes(data))
+    bucket.put(key, tmp / "tampered")
+
+
+def test_evaluate_reads_the_model_from_the_bucket(fresh_filesystems, bilstm_model, tmp_path,
+                                                  capsys):
+    bucket = fresh_filesystems
+    prefix = f"evaluate-{bucket.scheme}"
+    urls = _stage(bucket, bilstm_model, tmp_path, prefix)
+    data = _labelled(tmp_path)
+    started = time.perf_counter()
+    remote = _evaluate_cli(capsys, urls["model"], data)
+    elapsed = time.perf_counter() - started
+    local = _evaluate_cli(capsys, bilstm_model, data)
+    assert remote.pop("model") == urls["model"] and local.pop("model") == bilstm_model
+    assert remote["n"] == len(PAIRS) and "f1" in remote
+    assert remote == local
+    with capsys.disabled():
+        print(f"\nevaluate --model {bucket.scheme}://: {elapsed:.1f}s")
+
+
+def test_tampered_object_in_the_bucket_is_refused(fresh_filesystems, bilstm_model, tmp_path):
+    from model.config import ModelDirError
+    from model.evaluate import evaluate
+
+    bucket = fresh_filesystems
+    prefix = f"tampered-{bucket.scheme}"
+    urls = _stage(bucket, bilstm_model, tmp_path, prefix)
+    _tamper(bucket, f"{prefix}/model/{SHARD}", bilstm_model, tmp_path)
+    with pytest.raises(ModelDirError) as err:
+        evaluate(urls["model"], _labelled(tmp_path))
+    message = str(err.value)
+    # Same size, so only the content check can see it: gs:// from the object's crc32c,
+    # s3:// by hashing the bytes (the ETag, the md5 of what is there, is not the manifest's).
+    check = "crc32c" if bucket.scheme == "gs" else "sha256"
+    assert f"{urls['model']}/{SHARD}: {check} " in message, message
+    assert "saved_model.pb" not in message and "tokenizer" not in message
+
+
+def test_bucket_copy_is_checked_as_it_is_written(fresh_filesystems, bilstm_model, tmp_path):
+    """An object replaced after the check (a model overwritten under a running job) is
+    caught while the local copy TensorFlow loads is written."""
+    from model.config import ModelDirError
+    from model.modeldir import ModelDir
+
+    bucket = fresh_filesystems
+    prefix = f"copy-{bucket.scheme}"
+    urls = _stage(bucket, bilstm_model, tmp_path, prefix)
+    md = ModelDir.open(urls["model"])
+    _tamper(bucket, f"{prefix}/model/{SHARD}", bilstm_model, tmp_path)
+    with pytest.raises(ModelDirError, match=f"{urls['model']}/{SHARD}: read .* sha256"):
+        md.local_path()
+
+
+def test_bucket_check_downloads_nothing_but_the_metadata(fresh_filesystems, bilstm_model,
+                                                         tmp_path, monkeypatch):
+    """gs:// (crc32c) and s3:// single-part uploads (ETag) are checked from object
+    metadata: the only file opened is pairscore.json, until the model is copied."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from model.modeldir import ModelDir
+
+    bucket = fresh_filesystems
+    prefix = f"nodownload-{bucket.scheme}"
+    urls = _stage(bucket, bilstm_model, tmp_path, prefix)
+    opened = []
+    real_open = FileSystems.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(path.removeprefix(urls["model"] + "/"))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(FileSystems, "open", counting_open)
+    md = ModelDir.open(urls["model"])
+    assert opened == ["pairscore.json"]
+    # The counter sees downloads when there are some.
+    md.local_path()
+    assert SHARD in opened and len(opened) == 1 + len(md.files)
+
+
+def test_gcs_check_reads_no_object_says_the_server(gcs, bilstm_model, tmp_path, monkeypatch):
+    """The GCS emulator's own request log, outside this process: opening the model asks
+    for object metadata only, no object's bytes but pairscore.json's."""
+    import urllib.parse
+
+    from model.modeldir import ModelDir
+
+    bucket = _fresh_filesystems(gcs, monkeypatch)
+    prefix = "serverlog-gs"
+    urls = _stage(bucket, bilstm_model, tmp_path, prefix)
+    log = bucket.adc.parent / "server.log"
+
+    def media_requests(since: int) -> tuple[list[str], int]:
+        lines = log.read_text(errors="replace").splitlines()
+        media = [urllib.parse.unquote(line) for line in lines[since:] if "alt=media" in line]
+        return media, len(lines)
+
+    _, start = media_requests(0)
+    md = ModelDir.open(urls["model"])
+    during, mark = media_requests(start)
+    assert len(during) == 1 and f"/o/{prefix}/model/pairscore.json?" in during[0], during
+    # The same log shows the bytes when they are fetched: the copy TensorFlow loads.
+    md.local_path()
+    copied, _ = media_requests(mark)
+    assert any(f"/o/{prefix}/model/{SHARD}?" in line for line in copied), copied
