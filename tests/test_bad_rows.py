@@ -112,7 +112,7 @@ def test_duplicate_ids_are_both_scored_and_counted(scored):
 
 def test_rejects_keep_the_row_as_given(scored):
     rejects = scored[2]
-    assert rejects.column_names == ["pair_id", "text_a", "text_b", "reason"]
+    assert rejects.column_names == ["pair_id", "text_a", "text_b", "reason", "error"]
     given = {r[0]: r for r in ROWS if r[3] and r[0] is not None}
     a = rejects["text_a"].cast(pa.binary()).to_pylist()
     b = rejects["text_b"].cast(pa.binary()).to_pylist()
