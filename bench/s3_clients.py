@@ -56,7 +56,7 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from model.tiny import export_tiny
+    from tests.tiny import export_tiny
 
     tmp = Path(tempfile.mkdtemp(prefix="s3bench-"))
     port = _free_port()

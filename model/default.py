@@ -32,12 +32,11 @@ CENTER = 0.673
 THRESHOLD = 0.5
 
 
-def build(max_length: int = 128, tiny: bool = False, scale: float = SCALE,
-          center: float = CENTER):
+def build(max_length: int = 128, scale: float = SCALE, center: float = CENTER):
     """(encoder, head, tokenizer) of the default model, score = sigmoid(scale (cos - center))."""
     from model import layers, train
 
-    encoder = layers.bert_encoder(train.bert_backbone(tiny=tiny), "mean", trainable=False)
+    encoder = layers.bert_encoder(train.bert_backbone(), "mean", trainable=False)
     head = layers.DistanceHead("cosine", name="head")
     dim = encoder.output.shape[-1]
     head(np.zeros((1, dim), "float32"), np.ones((1, dim), "float32"))
@@ -49,18 +48,18 @@ def build(max_length: int = 128, tiny: bool = False, scale: float = SCALE,
 
 
 def export_default(
-    output: str, max_length: int = 128, tiny: bool = False, calibrate_on: str | None = None
+    output: str, max_length: int = 128, calibrate_on: str | None = None
 ) -> ModelMetadata:
     """Export the default model; with `calibrate_on` (labelled pairs), its scale and centre
     are fitted to those labels first (see `calibrate`) and recorded in pairscore.json."""
     from model.export import export
 
-    encoder, head, tok = build(max_length, tiny)
+    encoder, head, tok = build(max_length)
     scale, center, calibration = SCALE, CENTER, None
     if calibrate_on:
         calibration = calibrate(calibrate_on, encoder=(encoder, tok))
         scale, center = calibration["scale"], calibration["center"]
-        encoder, head, tok = build(max_length, tiny, scale, center)
+        encoder, head, tok = build(max_length, scale, center)
     meta = ModelMetadata(
         encoder="bert",
         pooling="mean",

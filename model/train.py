@@ -13,6 +13,10 @@ its own rate first, so random head gradients do not wreck the pretrained encoder
 weights, dropout on the head, and keeping the epoch that was best on a validation metric.
 Graded data (STS-B, SICK) trains against similarity / similarity_max, or against a label
 thresholded at duplicate_similarity.
+
+`TrainConfig` is the one place for the options' defaults (`pairscore train` reads them
+from it). Importing this module does not load TensorFlow: Keras comes in when training
+starts, so the command line can refuse a bad option at once.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import os
 import sys
 import time
 
-import keras
 import numpy as np
 
 from model import data as data_lib
@@ -82,9 +85,9 @@ class TrainConfig:
     similarity_column: str = "similarity"
     similarity_max: float = 5.0
     duplicate_similarity: float = 4.0
-    # Tiny BERT for tests and smoke runs: random weights, MiniLM's vocabulary.
+    # A local keras-hub (or Hugging Face) BERT preset directory instead of the packaged
+    # MiniLM; it must use MiniLM's WordPiece vocabulary (the tokenizer is MiniLM's).
     bert_preset: str | None = None
-    bert_tiny: bool = False
 
     def __post_init__(self):
         self.encoder = Encoder.parse(self.encoder).value
@@ -118,6 +121,13 @@ class TrainConfig:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.bert_preset is not None:
+            if enc != Encoder.BERT:
+                raise ValueError("--bert-preset needs --encoder bert")
+            if not os.path.isdir(self.bert_preset):
+                raise ValueError(
+                    f"--bert-preset {self.bert_preset!r} is not a local preset directory"
+                )
 
 
 def parse_class_weight(spec: str | None, labels: np.ndarray) -> dict[int, float] | None:
@@ -158,19 +168,20 @@ def minilm_tokenizer():
     return Tokenizer.from_file(os.path.join(minilm_dir(), "tokenizer.json"))
 
 
-def bert_backbone(tiny: bool = False, preset: str | None = None):
+def bert_backbone(preset: str | None = None):
+    """The pretrained MiniLM BertBackbone, or the one in `preset` (a local preset
+    directory), which must share MiniLM's vocabulary: the tokenizer is MiniLM's."""
     import keras_hub
 
-    if tiny:
-        return keras_hub.models.BertBackbone(
-            vocabulary_size=30522,
-            num_layers=1,
-            num_heads=2,
-            hidden_dim=16,
-            intermediate_dim=32,
-            max_sequence_length=512,
-        )
-    return keras_hub.models.BertBackbone.from_preset(preset or minilm_dir())
+    backbone = keras_hub.models.BertBackbone.from_preset(preset or minilm_dir())
+    if preset is not None:
+        ids = minilm_tokenizer().get_vocab_size()
+        if backbone.vocabulary_size != ids:
+            raise ValueError(
+                f"--bert-preset {preset}: vocabulary_size {backbone.vocabulary_size}, but "
+                f"the tokenizer (MiniLM's WordPiece) has {ids} ids"
+            )
+    return backbone
 
 
 class PairBatches:
@@ -235,17 +246,19 @@ class PairBatches:
         return dataset.prefetch(2)
 
 
-class ValidationMonitor(keras.callbacks.Callback):
+class ValidationMonitor:
     """Scores the validation pairs after every epoch, adds val_loss, val_auc, val_f1,
     val_accuracy (and val_spearman for graded data) to the logs, keeps the weights of the
-    best epoch by `metric` and stops after `patience` epochs without improvement.
+    best epoch by `metric` and stops `model` after `patience` epochs without improvement.
 
-    Its state survives several `fit` calls (the frozen and the unfrozen phase), so "best"
-    and "patience" span the whole run. Call `restore()` at the end.
+    Pass `callback()` to `fit`. Its state survives several `fit` calls (the frozen and the
+    unfrozen phase), so "best" and "patience" span the whole run. Call `restore()` at the
+    end.
     """
 
-    def __init__(self, batches, targets, labels, similarity, metric="val_loss", patience=2):
-        super().__init__()
+    def __init__(self, model, batches, targets, labels, similarity, metric="val_loss",
+                 patience=2):
+        self.model = model
         self.batches, self.targets = batches, targets
         self.labels, self.similarity = labels, similarity
         self.metric, self.patience = metric, patience
@@ -257,6 +270,13 @@ class ValidationMonitor(keras.callbacks.Callback):
         self.best_scores = None
         self.wait = 0
         self.history: list[dict] = []
+
+    def callback(self):
+        """A Keras callback calling `on_epoch_end`: put it first in `fit`'s callbacks, so
+        that the ones after it find the validation metrics in the logs."""
+        import keras
+
+        return keras.callbacks.LambdaCallback(on_epoch_end=self.on_epoch_end)
 
     def scores(self) -> np.ndarray:
         raw = self.model.predict(self.batches.dataset(), verbose=0)
@@ -281,6 +301,8 @@ class ValidationMonitor(keras.callbacks.Callback):
         return out
 
     def on_epoch_end(self, epoch, logs=None):
+        import keras
+
         logs = logs if logs is not None else {}
         scores = self.scores()
         measured = self.measure(scores)
@@ -343,7 +365,7 @@ def build_model(cfg: TrainConfig, embedding_matrix=None):
 
     if cfg.encoder == Encoder.BERT:
         encoder = layers.bert_encoder(
-            bert_backbone(cfg.bert_tiny, cfg.bert_preset),
+            bert_backbone(cfg.bert_preset),
             cfg.pooling,
             trainable=not cfg.freeze_encoder,
         )
@@ -357,6 +379,8 @@ def build_model(cfg: TrainConfig, embedding_matrix=None):
 def _schedule(cfg: TrainConfig, steps_per_epoch: int, epochs: int | None = None):
     """Constant, or linear warm-up over `warmup_ratio` of the steps then cosine decay to 0
     over the rest (for `epochs`, default all of them)."""
+    import keras
+
     if cfg.warmup_ratio <= 0:
         return cfg.learning_rate
     total = max(1, steps_per_epoch * (cfg.epochs if epochs is None else epochs))
@@ -395,6 +419,8 @@ def _targets(cfg: TrainConfig, pairs: data_lib.Pairs, source: str):
 
 
 def _compile(model, learning_rate):
+    import keras
+
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate, epsilon=1e-8),
         loss="binary_crossentropy",
@@ -404,6 +430,8 @@ def _compile(model, learning_rate):
 def train(cfg: TrainConfig, callbacks: list | None = None) -> ModelMetadata:
     """Train, keep the best epoch, pick the max-F1 threshold on validation, export; returns
     the metadata. `callbacks` are extra Keras callbacks (they see both phases)."""
+    import keras
+
     from model.export import export
 
     keras.utils.set_random_seed(cfg.seed)
@@ -445,9 +473,9 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> ModelMetadata:
     )
     siamese, encoder, head = build_model(cfg, matrix)
     monitor = ValidationMonitor(
-        va, y_val, labels_val, val_pairs.similarity, cfg.select_metric, cfg.patience
+        siamese, va, y_val, labels_val, val_pairs.similarity, cfg.select_metric, cfg.patience
     )
-    callbacks = [monitor, *(callbacks or [])]
+    callbacks = [monitor.callback(), *(callbacks or [])]
     verbose = 1 if sys.stderr.isatty() else 2
     if cfg.freeze_epochs:
         # Keras fixes the trainable set at compile time: compile, train the head, then

@@ -21,8 +21,17 @@ def shared_data(name: str) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_preset(tmp_path_factory):
+    """A keras-hub preset directory of a tiny random BERT: pass it as
+    `TrainConfig(bert_preset=...)` or `pairscore train --bert-preset`."""
+    from tests.tiny import write_tiny_bert_preset
+
+    return write_tiny_bert_preset(str(tmp_path_factory.mktemp("presets") / "tiny-bert"))
+
+
+@pytest.fixture(scope="session")
 def bilstm_model(tmp_path_factory):
-    from model.tiny import export_tiny
+    from tests.tiny import export_tiny
 
     out = str(tmp_path_factory.mktemp("models") / "bilstm")
     export_tiny(out, encoder="bilstm", distance="l1")
@@ -30,11 +39,12 @@ def bilstm_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def bert_model(tmp_path_factory):
-    from model.tiny import export_tiny
+def bert_model(tmp_path_factory, tiny_bert_preset):
+    from tests.tiny import export_tiny
 
     out = str(tmp_path_factory.mktemp("models") / "bert")
-    export_tiny(out, encoder="bert", distance="cosine", pooling="mean")
+    export_tiny(out, encoder="bert", distance="cosine", pooling="mean",
+                bert_preset=tiny_bert_preset)
     return out
 
 

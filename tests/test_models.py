@@ -20,23 +20,31 @@ CONFIGS = [("bilstm", d, "cls") for d in HEADS] + [("bert", d, "mean") for d in 
 CONFIGS += [("bert", "concat", "cls"), ("bert", "l1", "pooled")]
 
 
-def _build(tmp_path, encoder, distance, pooling):
-    import keras
+@pytest.fixture
+def build(tmp_path, tiny_bert_preset):
+    """(cfg, tokenizer, siamese, encoder, head) of an untrained model; bert is the tiny
+    preset's."""
 
-    keras.utils.set_random_seed(1)
-    cfg = TrainConfig(
-        train="-", output=str(tmp_path / "m"), encoder=encoder, distance=distance,
-        pooling=pooling, max_length=24, lstm_units=4, glove_extra_words=500, bert_tiny=True,
-    )
-    pairs = data_lib.Pairs(LEFT, RIGHT, None, None, "-")
-    tok, matrix = build_tokenizer(cfg, pairs)
-    siamese, enc, head = build_model(cfg, matrix)
-    return cfg, tok, siamese, enc, head
+    def _build(encoder, distance, pooling):
+        import keras
+
+        keras.utils.set_random_seed(1)
+        cfg = TrainConfig(
+            train="-", output=str(tmp_path / "m"), encoder=encoder, distance=distance,
+            pooling=pooling, max_length=24, lstm_units=4, glove_extra_words=500,
+            bert_preset=tiny_bert_preset if encoder == "bert" else None,
+        )
+        pairs = data_lib.Pairs(LEFT, RIGHT, None, None, "-")
+        tok, matrix = build_tokenizer(cfg, pairs)
+        siamese, enc, head = build_model(cfg, matrix)
+        return cfg, tok, siamese, enc, head
+
+    return _build
 
 
 @pytest.mark.parametrize("encoder,distance,pooling", CONFIGS)
-def test_export_round_trip_and_three_paths_agree(tmp_path, encoder, distance, pooling):
-    cfg, tok, siamese, enc, head = _build(tmp_path, encoder, distance, pooling)
+def test_export_round_trip_and_three_paths_agree(build, encoder, distance, pooling):
+    cfg, tok, siamese, enc, head = build(encoder, distance, pooling)
     # One tower: the Siamese model holds exactly the encoder's and head's weights.
     assert len(siamese.weights) == len(enc.weights) + len(head.weights)
 
@@ -68,8 +76,8 @@ def test_export_round_trip_and_three_paths_agree(tmp_path, encoder, distance, po
     np.testing.assert_allclose(via_text.numpy(), served, atol=1e-5)
 
 
-def test_scores_depend_on_input(tmp_path):
-    cfg, tok, siamese, enc, head = _build(tmp_path, "bilstm", "l1", "cls")
+def test_scores_depend_on_input(build):
+    cfg, tok, siamese, enc, head = build("bilstm", "l1", "cls")
     tokenization.configure(tok, cfg.max_length)
     a = tokenization.pad(tokenization.encode_batch(tok, LEFT[:3]))
     b = tokenization.pad(tokenization.encode_batch(tok, RIGHT[:3]))
@@ -78,8 +86,8 @@ def test_scores_depend_on_input(tmp_path):
     assert not np.allclose(same, diff)
 
 
-def test_export_refuses_foreign_directory(tmp_path):
-    cfg, tok, _, enc, head = _build(tmp_path, "bilstm", "l1", "cls")
+def test_export_refuses_foreign_directory(build, tmp_path):
+    cfg, tok, _, enc, head = build("bilstm", "l1", "cls")
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "precious.txt").write_text("keep me")
     meta = ModelMetadata(
@@ -94,10 +102,10 @@ def test_export_refuses_foreign_directory(tmp_path):
 @pytest.mark.parametrize(
     "pooling,pooler_trains", [("mean", False), ("cls", False), ("pooled", True)]
 )
-def test_unfreezing_trains_bert_pooler_only_when_pooling_uses_it(tmp_path, pooling, pooler_trains):
+def test_unfreezing_trains_bert_pooler_only_when_pooling_uses_it(build, pooling, pooler_trains):
     from model.layers import set_trainable
 
-    cfg, tok, siamese, enc, head = _build(tmp_path, "bert", "cosine", pooling)
+    cfg, tok, siamese, enc, head = build("bert", "cosine", pooling)
     set_trainable(enc, False, pooling)
     assert enc.trainable_weights == []
     set_trainable(enc, True, pooling)

@@ -186,13 +186,13 @@ def test_best_epoch_by_val_auc_is_the_one_exported(frozen_run, binary_data):
 # No Keras warning either: an unused pooler left trainable ("Gradients do not exist") and
 # fit's default shuffle on a dataset both used to warn at every epoch.
 @pytest.mark.filterwarnings("error::UserWarning")
-def test_freeze_epochs_with_bert(binary_data, tmp_path):
+def test_freeze_epochs_with_bert(binary_data, tmp_path, tiny_bert_preset):
     snaps = _Snapshots()
     cfg = _cfg(
         binary_data,
         tmp_path / "m",
         encoder="bert",
-        bert_tiny=True,
+        bert_preset=tiny_bert_preset,
         pooling="mean",
         distance="sbert",
         epochs=2,

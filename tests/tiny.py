@@ -1,5 +1,10 @@
-"""Tiny untrained Siamese models, exported to real model directories, for tests and
-benchmarks: the same code paths as trained models at a fraction of the cost."""
+"""Tiny untrained Siamese models, exported to real model directories, and a tiny BERT
+preset, for tests and benchmarks: the same code paths as trained models at a fraction of
+the cost.
+
+The tiny BERT reaches training the way a user's own BERT does: as a keras-hub preset
+directory (`TrainConfig.bert_preset`, `pairscore train --bert-preset DIR`).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,27 @@ TEXTS = [
     "The cat sat on the mat.",
     "A dog barked at the mailman all day long.",
 ]
+# MiniLM's WordPiece vocabulary: the tokenizer training uses with any preset.
+MINILM_VOCABULARY_SIZE = 30522
+
+
+def write_tiny_bert_preset(output: str, seed: int = 0) -> str:
+    """A one-layer, 16-wide BertBackbone with random weights (MiniLM's vocabulary), saved
+    as a keras-hub preset directory; returns `output`."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=MINILM_VOCABULARY_SIZE,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=512,
+    )
+    backbone.save_to_preset(output)
+    return output
 
 
 def export_tiny(
@@ -27,16 +53,22 @@ def export_tiny(
     texts: list[str] | None = None,
     threshold: float = 0.5,
     seed: int = 0,
+    bert_preset: str | None = None,
 ) -> ModelMetadata:
+    """An untrained model directory; `encoder="bert"` needs `bert_preset` (see
+    `write_tiny_bert_preset`)."""
     import keras
 
     from model.export import export
 
+    if encoder == "bert" and bert_preset is None:
+        raise ValueError("a tiny bert model needs bert_preset=write_tiny_bert_preset(dir)")
     keras.utils.set_random_seed(seed)
     texts = texts or TEXTS
     cfg = TrainConfig(
         train="(tiny)", output=output, encoder=encoder, distance=distance, pooling=pooling,
-        max_length=max_length, lstm_units=4, glove_extra_words=2000, bert_tiny=True, seed=seed,
+        max_length=max_length, lstm_units=4, glove_extra_words=2000, seed=seed,
+        bert_preset=bert_preset,
     )
     pairs = data_lib.Pairs(texts, texts[::-1], np.zeros(len(texts), "float32"), None, "(tiny)")
     tok, matrix = build_tokenizer(cfg, pairs)
