@@ -9,18 +9,16 @@ it works behind Beam's multi-process proxy (`large_model=True` / `model_copies`)
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import tempfile
 import time
 
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.utils import retry
 from apache_beam.utils.shared import Shared
 
+from model.modeldir import ModelDir
 from pipeline.packing import PackedBatch
 
 log = logging.getLogger("pairscore.handler")
@@ -34,27 +32,6 @@ PRECISIONS = ("float32", "bfloat16")
 
 class ModelLoadError(RuntimeError):
     """The model directory passed the checks but TensorFlow cannot load it."""
-
-
-def local_model_dir(model_dir: str) -> str:
-    """`model_dir` itself when local; else a copy in a temp dir (gs://, s3://, ...).
-
-    tf.saved_model.load reads gs:// itself but not s3://; copying once per process
-    through Beam's filesystems works for every scheme Beam knows.
-    """
-    if "://" not in model_dir:
-        return model_dir
-    base = model_dir.rstrip("/") + "/"
-    target = tempfile.mkdtemp(prefix="pairscore-model-")
-    files = [m.path for m in FileSystems.match([base + "**"])[0].metadata_list]
-    for path in files:
-        rel = path[len(base):]
-        dest = os.path.join(target, rel)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        with FileSystems.open(path) as src, open(dest, "wb") as out:
-            while chunk := src.read(1 << 22):
-                out.write(chunk)
-    return target
 
 
 def configure_devices() -> str:
@@ -90,7 +67,7 @@ class LoadedPairModel:
         self.scored_on = None
         started = time.time()
         try:
-            self._model = tf.saved_model.load(local_model_dir(model_dir))
+            self._model = ModelDir.open(model_dir, verify=False).load_saved_model()
             sig = self._model.signatures
             self._serve = sig["serving_default"]
             self._encode = sig["encode"]

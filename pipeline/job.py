@@ -28,7 +28,8 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineResult
 
-from model.config import ModelDirError, check_model_dir
+from model.config import ModelDirError
+from model.modeldir import ModelDir
 from pipeline import io as pio
 from pipeline import planning, profiles, stages
 from pipeline.io import JobError
@@ -160,17 +161,18 @@ def _run_id() -> str:
 
 
 def _read_model(model_dir: str, dry_run: bool) -> dict:
+    """The model's metadata, after checking the directory whole (its manifest) on a real
+    run; a dry run reads a local directory if it can and never touches remote storage
+    (without credentials the GCS client retries for minutes before giving up)."""
     placeholder = {"threshold": 0.5, "max_length": 128, "fingerprint": "dry-run"}
     if dry_run and "://" in model_dir:
-        # Never touch remote storage when dry-running: without credentials the GCS
-        # client retries for minutes before giving up.
         return placeholder
     if dry_run:
         try:
-            return dataclasses.asdict(check_model_dir(model_dir))
+            return dataclasses.asdict(ModelDir.open(model_dir, verify=False).metadata)
         except Exception:  # noqa: BLE001  (a dry run only builds the graph)
             return placeholder
-    return dataclasses.asdict(check_model_dir(model_dir))
+    return dataclasses.asdict(ModelDir.open(model_dir).metadata)
 
 
 def build(p: beam.Pipeline, cfg: JobConfig, dry_run: bool = False) -> dict:

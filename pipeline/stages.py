@@ -33,6 +33,7 @@ from apache_beam.utils.shared import Shared
 from apache_beam.utils.windowed_value import WindowedValue
 
 from model.config import join
+from model.modeldir import ModelDir
 from pipeline import io as pio
 from pipeline import joins, textindex
 from pipeline.handler import EncodeHandler, PairModelHandler, ScoreEmbeddingsHandler
@@ -56,14 +57,8 @@ def _counter(name: str):
 
 
 def _load_tokenizer(cfg: JobConfig):
-    from tokenizers import Tokenizer
-
-    from model import tokenization
-    from model.config import TOKENIZER_FILE
-
-    with beam.io.filesystems.FileSystems.open(join(cfg.model, TOKENIZER_FILE)) as f:
-        tok = Tokenizer.from_str(f.read().decode("utf-8"))
-    return tokenization.configure(tok, cfg.max_length)
+    # Checked at launch; what is read here is checked against the manifest as it is read.
+    return ModelDir.open(cfg.model, verify=False).tokenizer()
 
 
 # --- Validate, Rebatch ---------------------------------------------------------------

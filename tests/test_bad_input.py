@@ -164,6 +164,20 @@ def test_text_column_that_is_not_a_string(tmp_path, out, bilstm_model, capsys, c
     assert not out.exists()
 
 
+def test_dictionary_encoded_text_columns_are_scored(tmp_path, out, bilstm_model):
+    """Categorical (dictionary-encoded) columns, as pandas and Spark write them, are string
+    columns: scored, and the labels keep the id column's values."""
+    table = write_pairs(tmp_path / "plain.parquet", PAIRS)
+    src = tmp_path / "categorical.parquet"
+    pq.write_table(pa.table({name: table[name].dictionary_encode() for name in table.column_names}),
+                   src)
+    assert pa.types.is_dictionary(pq.read_table(src).schema.field("text_a").type)
+    result = job.run(["--input", str(src), "--output", str(out), "--model", bilstm_model])
+    assert result.summary["scored"] == len(PAIRS)
+    labels = pq.read_table(out / "labels")
+    assert sorted(labels["pair_id"].to_pylist()) == sorted(r[0] for r in PAIRS)
+
+
 def test_missing_id_column(tmp_path, out, bilstm_model, capsys):
     src = tmp_path / "pairs.parquet"
     pq.write_table(pa.table({"id": ["a"], "text_a": ["x"], "text_b": ["y"]}), src)
@@ -239,6 +253,74 @@ def test_model_metadata_that_is_not_json(tmp_path, out, good_input, bilstm_model
     code, err = _score(capsys, "--input", good_input, "--output", out, "--model", model)
     assert code == 2
     assert f"{model / 'pairscore.json'}: not valid JSON" in err
+
+
+def _swap_vocabulary(d):
+    """Another tokenizer.json of the same kind: two words' ids exchanged, as a tokenizer
+    from a different export would map words to other ids."""
+    spec = json.loads((d / "assets" / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[5:7]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (d / "assets" / "tokenizer.json").write_text(json.dumps(spec))
+
+
+def _truncate_shard(d):
+    [shard] = (d / "variables").glob("variables.data-*")
+    shard.write_bytes(shard.read_bytes()[:-100])
+
+
+@pytest.mark.parametrize("edit,named", [(_swap_vocabulary, "assets/tokenizer.json"),
+                                        (_truncate_shard, "variables/variables.data-")])
+def test_model_dir_whose_files_do_not_match_its_manifest(tmp_path, out, good_input,
+                                                         bilstm_model, capsys, edit, named):
+    model = _corrupt_model(bilstm_model, tmp_path, edit)
+    code, err = _score(capsys, "--input", good_input, "--output", out, "--model", model)
+    assert code == 2
+    assert err.startswith("pairscore score: error: ") and named in err
+    assert not out.exists()
+
+
+def test_model_dir_from_before_the_manifest_still_scores_with_a_warning(
+    tmp_path, out, good_input, bilstm_model, caplog
+):
+    def drop_manifest(d):
+        meta = json.loads((d / "pairscore.json").read_text())
+        del meta["manifest"]
+        (d / "pairscore.json").write_text(json.dumps(meta))
+
+    model = _corrupt_model(bilstm_model, tmp_path, drop_manifest)
+    result = job.run(["--input", str(good_input), "--output", str(out), "--model", str(model)])
+    assert result.summary["scored"] == len(PAIRS)
+    assert any("manifest" in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)
+
+
+def test_a_mistyped_flag_stops_the_job_before_any_work(out, good_input, bilstm_model, capsys):
+    code, err = _score(capsys, "--input", good_input, "--output", out, "--model", bilstm_model,
+                       "--treshold", "0.99")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "pairscore score: error: unknown flag --treshold; did you mean --threshold?"]
+    assert not out.exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused_naming_the_first(
+    out, good_input, bilstm_model, capsys
+):
+    """A run in progress (its marker names this live process and another run id) keeps a
+    second launch out before it touches anything."""
+    from pipeline import io as pio
+
+    with pio.acquire_run_marker(str(out), "run-in-progress"):
+        (out / "_staging").mkdir()
+        (out / "_staging" / "its-work").write_text("x")
+        code, err = _score(capsys, "--input", good_input, "--output", out,
+                           "--model", bilstm_model)
+        assert code == 2
+        assert "is in use by run run-in-progress" in err
+        assert (out / "_staging" / "its-work").exists()  # the other run's work is untouched
+    assert not (out / "_RUN.json").exists()
 
 
 # --- settings and output -------------------------------------------------------------
