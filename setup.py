@@ -32,5 +32,5 @@ setup(
         ],
         "report": ["matplotlib>=3.8,<4"],
     },
-    entry_points={"console_scripts": ["pairscore=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["pairscore=pipeline.cli:console"]},
 )

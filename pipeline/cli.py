@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -19,6 +18,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 # After the settings above: TensorFlow reads them when a command first imports it.
 from model import cli as model_cli  # noqa: E402  (train, evaluate, default-model)
+from pipeline import logs  # noqa: E402
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -64,12 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         print("\ncommands: " + ", ".join(COMMANDS))
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    # Beam and TensorFlow narrate every stage at INFO; keep pairscore's own progress.
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("pairscore").setLevel(logging.INFO)
+    logs.quiet_startup(native=False)
     return COMMANDS[argv[0]](argv[1:])
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The `pairscore` console script: `main`, with TensorFlow's native start-up noise
+    dropped from stderr too (pipeline/logs.py)."""
+    logs.quiet_startup(native=True)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

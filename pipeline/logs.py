@@ -94,6 +94,7 @@ def quiet_startup(native: bool = True) -> None:
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("pairscore").setLevel(logging.INFO)
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_DropNoise())
+        if not any(isinstance(f, _DropNoise) for f in handler.filters):
+            handler.addFilter(_DropNoise())
     if native:
         _filter_native_stderr()

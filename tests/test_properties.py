@@ -218,7 +218,7 @@ def _unpad(row):
 
 def packed_ids(tok, table, min_tokens, batch_size, max_tokens):
     """{id: (left ids, right ids)} and the no_tokens ids, checking each batch's limits."""
-    batches, no_tokens = pack_table(tok, table, ("text_a", "text_b"), ["pair_id"],
+    batches, no_tokens = pack_table(tok, table, ("text_a", "text_b"),
                                     batch_size, max_tokens, min_tokens)
     got = {}
     for b in batches:

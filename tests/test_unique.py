@@ -1,6 +1,6 @@
-"""Unique-text mode (pipeline/stages.py ScoreUniqueTexts, textindex.py, joins.py, planning.py): same scores as pair mode, every id once, rejects
-intact; and the plain functions under it (hash, dedup, index lookup, mode choice,
-batch planning) against independent oracles."""
+"""Unique-text mode (`stages.ScoreUniqueTexts`): same scores as pair mode, every id once,
+rejects intact; and the plain functions under it (textindex.py, joins.py, planning.py:
+hash, dedup, index lookup, mode choice, batch planning) against independent oracles."""
 
 import glob
 
