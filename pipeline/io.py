@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from apache_beam.io import parquetio
 from apache_beam.io.filesystems import FileSystems
 
+from model.config import join
 from pipeline import s3clients
 from pipeline.validate import decode_dictionaries, decode_schema
 
@@ -43,10 +44,6 @@ log = logging.getLogger("pairscore.io")
 
 class JobError(Exception):
     """A problem found before or after the job that the user must fix; exit non-zero."""
-
-
-def join(base: str, *parts: str) -> str:
-    return FileSystems.join(base, *parts) if parts else base
 
 
 @dataclasses.dataclass

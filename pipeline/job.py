@@ -28,7 +28,7 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineResult
 
-from model.config import ModelDirError
+from model.config import ModelDirError, join
 from model.modeldir import ModelDir
 from pipeline import io as pio
 from pipeline import planning, profiles, stages
@@ -250,7 +250,7 @@ def finalize(cfg: JobConfig, result: PipelineResult | None, runner: str,
         "counters": _counters(result) if result is not None else {},
     }
     summary["invariant_holds"] = cfg.rows_in == scored + rejected
-    summary_path = pio.join(cfg.output, pio.SUMMARY)
+    summary_path = join(cfg.output, pio.SUMMARY)
     if not summary["invariant_holds"]:
         pio.write_json(summary_path, summary)
         raise JobError(
@@ -270,7 +270,7 @@ def finalize(cfg: JobConfig, result: PipelineResult | None, runner: str,
     pio.write_json(summary_path, summary)
     # Not empty: Beam's S3 writer cannot create a zero-byte object (S3 rejects a
     # multipart upload with no parts).
-    pio.write_text(pio.join(cfg.output, pio.SUCCESS), "ok\n")
+    pio.write_text(join(cfg.output, pio.SUCCESS), "ok\n")
     return summary
 
 

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from model.config import join
 from pipeline import io as pio
 from pipeline.io import JobError
 from tests.conftest import write_pairs
@@ -303,7 +304,7 @@ def test_marker_in_s3(s3):  # noqa: F811
 
     # Another launcher's write lands while this one waits to read its own back.
     later = threading.Timer(0.3, lambda: pio.write_text(
-        pio.join(out, pio.RUN_MARKER),
+        join(out, pio.RUN_MARKER),
         json.dumps({"run_id": "s3-later", "started_at": _iso(0), "host": "other", "pid": 7}),
     ))
     later.start()
