@@ -161,6 +161,8 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
             fuzz=False,
         )(self._apply)
         scored = call(batch, model)
+        # RunInference's own num_inferences counts rows here (each element is a batch).
+        Metrics.counter(NAMESPACE, "model_calls").inc()
         self._count_device(model, len(scored))
         return [scored]
 

@@ -19,6 +19,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from model.modeldir import build_manifest
 from pipeline import cli, handler, job
 from pipeline import io as pio
 from pipeline.io import JobError
@@ -285,8 +286,12 @@ def test_only_transient_tensorflow_errors_are_retried():
 def test_a_crash_in_model_loading_gives_a_clear_error(tmp_path, bilstm_model, capsys):
     model = tmp_path / "model"
     shutil.copytree(bilstm_model, model)
-    # Every file the checks look for is there; TensorFlow cannot parse the graph.
+    # Every file the checks look for is there, and the manifest agrees with them (as if
+    # the export itself had gone wrong); TensorFlow cannot parse the graph.
     (model / "saved_model.pb").write_bytes(b"\x08\x01garbage, not a SavedModel proto")
+    meta = json.loads((model / "pairscore.json").read_text())
+    meta["manifest"], _ = build_manifest(str(model))
+    (model / "pairscore.json").write_text(json.dumps(meta))
     src, out = tmp_path / "pairs.parquet", tmp_path / "out"
     write_pairs(src, PAIRS)
     capsys.readouterr()

@@ -335,4 +335,4 @@ def test_job_result_is_independent_of_batching_and_order(tmp_path, bilstm_model)
     assert reasons1 == reasons2
     assert scores1.keys() == scores2.keys()
     assert max(abs(scores1[k] - scores2[k]) for k in scores1) < 1e-5
-    assert s2["counters"]["num_inferences"] > 4 * s1["counters"]["num_inferences"]
+    assert s2["counters"]["model_calls"] > 4 * s1["counters"]["model_calls"]
