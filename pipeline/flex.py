@@ -27,6 +27,12 @@ TEMPLATE_DESCRIPTION = (
 # supplies the model baked into the image.
 REQUIRED = ("input", "output")
 
+# Flags every template launch sets itself, and why; they are not template parameters.
+FIXED = {
+    "detach": "the launcher must exit once the job is submitted (Google's guide: no "
+    "wait_until_finish), so the job publishes its own output",
+}
+
 LABELS = {
     "input": "Input Parquet files",
     "output": "Output directory",
@@ -161,12 +167,13 @@ def parameter(action: argparse.Action) -> dict:
 
 def metadata() -> dict:
     """The template's metadata.json: name, description and one parameter per ScoreOptions
-    flag. No Beam option is listed: Dataflow supplies project, region and the temp and
-    staging locations itself, and takes others (sdk_container_image, ...) undeclared."""
+    flag but the FIXED ones. No Beam option is listed: Dataflow supplies project, region
+    and the temp and staging locations itself, and takes others (sdk_container_image, ...)
+    undeclared."""
     return {
         "name": TEMPLATE_NAME,
         "description": TEMPLATE_DESCRIPTION,
-        "parameters": [parameter(a) for a in score_actions()],
+        "parameters": [parameter(a) for a in score_actions() if a.dest not in FIXED],
     }
 
 
@@ -174,8 +181,6 @@ def render_metadata() -> str:
     return json.dumps(metadata(), indent=2, ensure_ascii=False) + "\n"
 
 
-def _boolean_flags() -> set[str]:
-    return {s for a in score_actions() if _is_boolean(a) for s in a.option_strings}
 
 
 def score_args(argv: list[str]) -> list[str]:
@@ -185,9 +190,11 @@ def score_args(argv: list[str]) -> list[str]:
     argparse refuses for an on/off flag: `true` becomes the bare flag, `false` drops it.
     A template always runs on Dataflow, so the runner defaults to DataflowRunner:
     `pairscore score`'s own default, the local runner, would score the whole input on the
-    launcher VM.
+    launcher VM. The FIXED flags are turned on.
     """
-    booleans, out = _boolean_flags(), []
+    actions = score_actions()
+    booleans = {s for a in actions if _is_boolean(a) for s in a.option_strings}
+    out = []
     for token in argv:
         flag, eq, value = token.partition("=")
         if eq and flag in booleans and value.lower() in ("true", "false"):
@@ -197,6 +204,9 @@ def score_args(argv: list[str]) -> list[str]:
         out.append(token)
     if not any(t == "--runner" or t.startswith("--runner=") for t in out):
         out.append("--runner=DataflowRunner")
+    for action in actions:
+        if action.dest in FIXED and _is_boolean(action) and f"--{action.dest}" not in out:
+            out.append(f"--{action.dest}")
     return out
 
 

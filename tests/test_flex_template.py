@@ -44,6 +44,17 @@ def score_flags() -> dict[str, argparse.Action]:
     return {a.dest: a for a in parser._actions}
 
 
+def template_flags() -> dict[str, argparse.Action]:
+    """The flags a template launch takes as parameters: all but those it always sets."""
+    return {d: a for d, a in score_flags().items() if d not in flex.FIXED}
+
+
+def forced_flags() -> list[str]:
+    """The flags every template launch turns on (--detach): `pairscore score` needs them
+    too, to build the same job."""
+    return [f"--{d}" for d in score_flags() if d in flex.FIXED]
+
+
 def beam_options() -> set[str]:
     """Every option name Beam itself parses (not pairscore's), without the dashes."""
     ours = {s for a in score_flags().values() for s in a.option_strings}
@@ -65,8 +76,17 @@ def parameters() -> dict[str, dict]:
 
 
 def test_every_flag_is_a_parameter(parameters):
-    missing = sorted(set(score_flags()) - set(parameters))
+    missing = sorted(set(template_flags()) - set(parameters))
     assert not missing, f"ScoreOptions flags not in flex/metadata.json: {missing}; {REGENERATE}"
+
+
+def test_the_flags_a_template_sets_itself_are_on_and_not_parameters(parameters):
+    assert not set(parameters) & set(flex.FIXED)
+    flags = score_flags()
+    opts = PipelineOptions(flex.score_args(["--detach=false"] if "detach" in flags else []))
+    for dest in set(flex.FIXED) & set(flags):
+        assert isinstance(flags[dest], argparse._StoreTrueAction), dest
+        assert getattr(opts.view_as(ScoreOptions), dest) is True, dest
 
 
 def test_every_parameter_is_a_flag_under_the_spelling_beam_parses(parameters):
@@ -101,7 +121,7 @@ def _sample(action: argparse.Action) -> tuple[str, object]:
 
 
 def test_each_parameter_as_dataflow_passes_it_sets_its_flag(parameters):
-    for name, action in score_flags().items():
+    for name, action in template_flags().items():
         value, parsed = _sample(action)
         for pattern in parameters.get(name, {}).get("regexes", []):
             assert re.fullmatch(pattern, value), (name, pattern, value)
@@ -112,13 +132,14 @@ def test_each_parameter_as_dataflow_passes_it_sets_its_flag(parameters):
 
 def test_false_leaves_a_boolean_off_and_the_runner_defaults_to_dataflow():
     argv = flex.score_args(["--overwrite=false", "--large_model=True", "--input=gs://b/x"])
-    assert argv == ["--large_model", "--input=gs://b/x", "--runner=DataflowRunner"]
+    fixed = forced_flags()
+    assert argv == ["--large_model", "--input=gs://b/x", "--runner=DataflowRunner", *fixed]
     opts = PipelineOptions(argv).view_as(ScoreOptions)
     assert (opts.overwrite, opts.large_model) == (False, True)
-    assert flex.score_args(["--runner=DirectRunner"]) == ["--runner=DirectRunner"]
+    assert flex.score_args(["--runner=DirectRunner"]) == ["--runner=DirectRunner", *fixed]
     # Only on/off flags are translated: a column may well be called "true".
     assert flex.score_args(["--id_column=true", "--runner", "X"]) == [
-        "--id_column=true", "--runner", "X"]
+        "--id_column=true", "--runner", "X", *fixed]
 
 
 @pytest.mark.parametrize(
@@ -131,7 +152,7 @@ def test_regexes_refuse_what_the_job_would(parameters, name, bad):
 
 
 def test_defaults_pass_their_own_regexes(parameters):
-    for name, action in score_flags().items():
+    for name, action in template_flags().items():
         default = action.default
         if default in (None, "", False):
             continue
@@ -370,7 +391,8 @@ def assert_same_job(monkeypatch, given: dict[str, str], supplied: list[str]) -> 
     template = launched(monkeypatch, flex.main, [*(f"--{k}={v}" for k, v in given.items()),
                                                  *supplied])
     command = launched(monkeypatch, lambda argv: cli.main(["score", *argv]),
-                       [*as_cli_flags(given), *supplied, "--runner=DataflowRunner"])
+                       [*as_cli_flags(given), *supplied, "--runner=DataflowRunner",
+                        *forced_flags()])
     assert described(template) == described(command)
     return described(template)
 
@@ -421,7 +443,8 @@ def test_the_comparison_sees_a_different_flag(monkeypatch, network_refused):
                                                  *SUPPLIED])
     other = dict(CPU, batch_size="256")
     command = launched(monkeypatch, lambda argv: cli.main(["score", *argv]),
-                       [*as_cli_flags(other), *SUPPLIED, "--runner=DataflowRunner"])
+                       [*as_cli_flags(other), *SUPPLIED, "--runner=DataflowRunner",
+                        *forced_flags()])
     assert described(template) != described(command)
 
 
