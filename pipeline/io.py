@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import getpass
 import json
 import logging
@@ -22,6 +23,7 @@ import sys
 import time
 import uuid
 
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import parquetio
@@ -51,6 +53,7 @@ class InputScan:
     files: list[str]
     schema: pa.Schema
     rows: int
+    file_rows: list[int] = dataclasses.field(default_factory=list)  # rows per file
 
 
 def _footer(path: str) -> tuple[pa.Schema, int]:
@@ -91,7 +94,7 @@ def scan_inputs(pattern: str) -> InputScan:
                 f"{path}: schema differs from {files[0]}:\n  {files[0]}: "
                 f"{_describe(schema)}\n  {path}: {_describe(other)}"
             )
-    return InputScan(files, decoded, rows)
+    return InputScan(files, decoded, rows, [n for _, n in footers])
 
 
 def _describe(schema: pa.Schema) -> str:
@@ -197,26 +200,33 @@ class RunMarker:
         if self.released:
             return False
         self.released = True
-        current = _read_marker(self.path)
-        if current is None:
-            log.warning("run marker %s is gone; nothing to release", self.path)
-            return False
-        if current.get("run_id") != self.run_id:
-            log.warning(
-                "run marker %s now belongs to run %s, not %s; left in place",
-                self.path,
-                current.get("run_id"),
-                self.run_id,
-            )
-            return False
-        FileSystems.delete([self.path])
-        return True
+        return _release(self.path, self.run_id, quiet_if_gone=False)
 
     def __enter__(self) -> RunMarker:
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _release(path: str, run_id: str, quiet_if_gone: bool) -> bool:
+    current = _read_marker(path)
+    if current is None:
+        if not quiet_if_gone:
+            log.warning("run marker %s is gone; nothing to release", path)
+        return False
+    if current.get("run_id") != run_id:
+        log.warning("run marker %s now belongs to run %s, not %s; left in place",
+                    path, current.get("run_id"), run_id)
+        return False
+    FileSystems.delete([path])
+    return True
+
+
+def release_run_marker(output: str, run_id: str) -> bool:
+    """Release run `run_id`'s marker on OUT from anywhere (the pipeline's last step):
+    deleted if it is still that run's; gone already (a retried step) is not an error."""
+    return _release(join(output, RUN_MARKER), run_id, quiet_if_gone=True)
 
 
 def new_run_id() -> str:
@@ -453,27 +463,10 @@ def output_files(output: str, kind: str) -> list[str]:
     return sorted(m.path for m in _match(join(output, kind, "*.parquet")))
 
 
-def staging(output: str) -> str:
-    """Where the job writes; `publish` moves the files into place once they add up."""
-    return join(output, STAGING)
-
-
-def publish(output: str) -> None:
-    """Move the staged labels and rejects into OUT/labels/ and OUT/rejects/."""
-    sources, targets = [], []
-    for kind in (LABELS, REJECTS):
-        files = output_files(staging(output), kind)
-        sources += files
-        targets += [join(output, kind, basename(f)) for f in files]
-        if "://" not in output and not FileSystems.exists(join(output, kind)):
-            FileSystems.mkdirs(join(output, kind))  # object stores have no directories
-    if sources:
-        FileSystems.rename(sources, targets)
-    try:
-        FileSystems.delete([staging(output)])
-    except Exception:  # noqa: BLE001  (object stores: nothing left to delete)
-        if _match(join(staging(output), "*")):
-            raise
+def staging(output: str, run_id: str) -> str:
+    """Where run `run_id` writes: OUT/_staging/RUN_ID/. The final stage
+    (`pipeline.publish`) moves the files into place once they add up."""
+    return join(output, STAGING, run_id)
 
 
 class _ParquetSource(parquetio._ParquetSource):
@@ -493,89 +486,29 @@ class InputReadError(IOError):
     """An input file passed the footer check but its data cannot be read."""
 
 
-class ReadPairs(parquetio.ReadFromParquetBatched):
-    """`ReadFromParquetBatched` (pyarrow Tables, one per row group) naming the file in
-    its errors (a footer can be fine while a data page is corrupt), with dictionary
-    columns decoded (`validate.decode_dictionaries`), as `scan_inputs` reports them."""
+class ReadPairs(beam.PTransform):
+    """The input files matched at launch, read as pyarrow Tables (one per row group,
+    files split into ranges across workers), naming the file in read errors (a footer can
+    be fine while a data page is corrupt) and with dictionary columns decoded
+    (`validate.decode_dictionaries`), as `scan_inputs` reports them.
 
-    def __init__(self, file_pattern: str, validate: bool = True):
-        super().__init__(file_pattern, validate=validate)
-        self._source = _ParquetSource(file_pattern, validate=validate)
+    Reading the list resolved at launch, not the glob again, pins the input: a file that
+    lands in the glob while the job runs is neither read nor counted."""
 
+    DESIRED_BUNDLE_SIZE = 64 << 20
 
-@dataclasses.dataclass
-class Tally:
-    scored: int = 0
-    rejected: int = 0
-    duplicates: int = 0
-    distinct_ids: int = 0
-    by_reason: dict = dataclasses.field(default_factory=dict)
+    def __init__(self, files: list[str] | str):
+        super().__init__()
+        self.files = [files] if isinstance(files, str) else list(files)
 
+    def expand(self, pbegin):
+        from apache_beam.io import filebasedsource
+        from apache_beam.io.filesystem import CompressionTypes
 
-def tally_outputs(label_files: list[str], reject_files: list[str], id_column: str) -> Tally:
-    """Count what the job wrote, reading each file once and only the columns needed.
-
-    Distinct ids are exact for every id type: Arrow's `unique` per file, then over the
-    union of those (never Python's `hash()`, under which -1 and -2 collide). The
-    launcher holds the distinct ids seen so far, not every file's rows.
-    """
-    import pyarrow.compute as pc
-
-    tally = Tally()
-    distinct = _Distinct()
-    for path in label_files:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            table = pq.read_table(f, columns=[id_column, "is_duplicate"])
-        tally.scored += table.num_rows
-        tally.duplicates += int(pc.sum(table["is_duplicate"]).as_py() or 0)
-        distinct.add(table[id_column])
-    tally.distinct_ids = distinct.count()
-    for path in reject_files:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            reasons = pq.read_table(f, columns=["reason"])["reason"]
-        tally.rejected += len(reasons)
-        for item in pc.value_counts(reasons.combine_chunks()).to_pylist():
-            key = item["values"]
-            tally.by_reason[key] = tally.by_reason.get(key, 0) + item["counts"]
-    return tally
-
-
-class _Distinct:
-    """Distinct values over many arrays: each array's own distinct values are kept, and
-    merged whenever they outnumber the merged set, so merging costs amortised linear
-    time and memory stays near the number of distinct values."""
-
-    MIN_MERGE_ROWS = 1 << 20
-
-    def __init__(self):
-        self.merged: pa.Array | None = None
-        self.pending: list[pa.Array] = []
-        self.pending_rows = 0
-
-    def add(self, values: pa.ChunkedArray | pa.Array) -> None:
-        import pyarrow.compute as pc
-
-        if pa.types.is_dictionary(values.type):
-            values = values.cast(values.type.value_type)
-        if len(values) == 0:
-            return
-        unique = pc.unique(values)
-        self.pending.append(unique)
-        self.pending_rows += len(unique)
-        if self.pending_rows >= max(len(self.merged or ()), self.MIN_MERGE_ROWS):
-            self._merge()
-
-    def _merge(self) -> None:
-        import pyarrow.compute as pc
-
-        arrays = ([self.merged] if self.merged is not None else []) + self.pending
-        if arrays:
-            self.merged = pc.unique(pa.chunked_array(arrays, type=arrays[0].type))
-        self.pending, self.pending_rows = [], 0
-
-    def count(self) -> int:
-        self._merge()
-        return 0 if self.merged is None else len(self.merged)
+        read = filebasedsource.ReadAllFiles(
+            True, CompressionTypes.UNCOMPRESSED, self.DESIRED_BUNDLE_SIZE, 0,
+            functools.partial(_ParquetSource, min_bundle_size=0), False)
+        return pbegin | "Files" >> beam.Create(self.files) | "Read" >> read
 
 
 def write_text(path: str, text: str) -> None:

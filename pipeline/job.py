@@ -5,8 +5,10 @@
 `run()` resolves and checks everything that can fail before any work (`resolve`), takes
 the output (a run marker), clears what an earlier run left there, builds the graph
 (`build`: pair mode or unique-text mode, the stages of `pipeline.stages`) and runs it.
-After the run the launcher counts what was written and writes summary.json, then
-_SUCCESS only if rows_in equals scored + rejected (`finalize`).
+The pipeline's last stage (`stages.Finalize`, after both writes) counts what was
+written, publishes it and writes summary.json, then _SUCCESS, only if rows_in equals
+scored + rejected: the job completes even if the launcher is gone. The launcher, if it
+waits, only reads summary.json.
 """
 
 from __future__ import annotations
@@ -14,31 +16,34 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
-import uuid
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     DirectOptions,
+    GoogleCloudOptions,
     PipelineOptions,
     StandardOptions,
     TestOptions,
 )
 from apache_beam.runners.runner import PipelineResult
 
-from model.config import ModelDirError, join
+from model.config import ModelDirError
 from model.modeldir import ModelDir
 from pipeline import io as pio
-from pipeline import planning, profiles, stages
+from pipeline import planning, profiles, publish, stages
 from pipeline.io import JobError
 from pipeline.options import ScoreOptions, check_known_flags
-from pipeline.validate import ERROR, MODEL_ERROR, REASON
+from pipeline.validate import ERROR, REASON
 
 log = logging.getLogger("pairscore.job")
 NAMESPACE = "pairscore"
 FNAPI = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+# Distinct ids per CombinePerKey key when counting them: bounds one worker's share.
+IDS_PER_BUCKET = 2_000_000
 
 
 @dataclasses.dataclass
@@ -60,13 +65,18 @@ class JobConfig:
     rebatch_rows: int
     input_schema: pa.Schema
     rows_in: int | None
-    input_files: int = 0
+    # The files matched at launch, and their rows: exactly what the job reads.
+    input_files: list[str] = dataclasses.field(default_factory=list)
+    input_file_rows: list[int] = dataclasses.field(default_factory=list)
     large_model: bool = False
     model_copies: int | None = None
     plan: planning.Plan = dataclasses.field(default_factory=planning.Plan)
     precision: str = "float32"
     max_model_error_ratio: float = 0.001
     run_id: str = ""
+    runner: str = ""
+    launched_at: float = 0.0  # epoch seconds
+    id_buckets: int = 1  # distinct-id count: CombinePerKey keys
 
     @property
     def fail_fast(self) -> bool:
@@ -84,6 +94,7 @@ class JobConfig:
                 "pairscore.model_fingerprint": self.fingerprint,
                 "pairscore.threshold": repr(self.threshold),
                 "pairscore.model": self.model,
+                "pairscore.run_id": self.run_id,
             },
         )
 
@@ -146,18 +157,17 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         rebatch_rows=opts.rebatch_rows,
         input_schema=scan.schema,
         rows_in=rows_in,
-        input_files=len(scan.files),
+        input_files=scan.files,
+        input_file_rows=scan.file_rows,
         large_model=opts.large_model,
         model_copies=opts.model_copies,
         plan=plan,
         precision=opts.precision,
         max_model_error_ratio=ratio,
-        run_id=_run_id(),
+        run_id=pio.new_run_id(),
+        launched_at=time.time(),
+        id_buckets=max(1, math.ceil((rows_in or 0) / IDS_PER_BUCKET)),
     )
-
-
-def _run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
 def _read_model(model_dir: str, dry_run: bool) -> dict:
@@ -175,16 +185,20 @@ def _read_model(model_dir: str, dry_run: bool) -> dict:
     return dataclasses.asdict(ModelDir.open(model_dir).metadata)
 
 
-def build(p: beam.Pipeline, cfg: JobConfig, dry_run: bool = False) -> dict:
-    """The job graph: read, score in one of two modes, write. Returns the writes' outputs."""
-    pairs = p | "ReadPairs" >> pio.ReadPairs(cfg.input, validate=not dry_run)
+def build(p: beam.Pipeline, cfg: JobConfig, dry_run: bool = False):
+    """The job graph: read, score in one of two modes, write, then the final step that
+    counts, publishes and writes summary.json and _SUCCESS. Returns its output."""
+    # A dry run resolves no files: the graph reads the pattern.
+    files = cfg.input_files or [cfg.input]
+    pairs = p | "ReadPairs" >> pio.ReadPairs(files)
     if cfg.plan.mode == "unique":
         # Read twice rather than hold every pair until the embeddings are ready.
-        texts = p | "ReadTexts" >> pio.ReadPairs(cfg.input, validate=not dry_run)
+        texts = p | "ReadTexts" >> pio.ReadPairs(files)
         results = (pairs, texts) | "ScoreUniqueTexts" >> stages.ScoreUniqueTexts(cfg)
     else:
         results = pairs | "ScorePairs" >> stages.ScorePairs(cfg)
-    return results | "WriteResults" >> stages.WriteResults(cfg)
+    written = results | "WriteResults" >> stages.WriteResults(cfg)
+    return (results["labels"], written) | "Finalize" >> stages.Finalize(cfg)
 
 
 def _pipeline_options(argv: list[str] | None) -> PipelineOptions:
@@ -217,80 +231,26 @@ def _counters(result: PipelineResult) -> dict:
     return out
 
 
-def finalize(cfg: JobConfig, result: PipelineResult | None, runner: str,
-             elapsed: float) -> dict:
-    """Count what was written; if nothing is lost and model errors stay within
-    --max-model-error-ratio, move it into place and write summary.json, then _SUCCESS.
-    Otherwise leave it staged, write summary.json and fail."""
-    label_files = pio.output_files(pio.staging(cfg.output), pio.LABELS)
-    reject_files = pio.output_files(pio.staging(cfg.output), pio.REJECTS)
-    tally = pio.tally_outputs(label_files, reject_files, cfg.id_column)
-    scored, rejected = tally.scored, tally.rejected
-    model_errors = tally.by_reason.get(MODEL_ERROR, 0)
-    summary = {
-        "run_id": cfg.run_id,
-        "rows_in": cfg.rows_in,
-        "scored": scored,
-        "rejected": rejected,
-        "rejected_by_reason": dict(sorted(tally.by_reason.items())),
-        "duplicates": tally.duplicates,
-        "duplicate_ids_scored": scored - tally.distinct_ids,
-        "threshold": cfg.threshold,
-        "model": cfg.model,
-        "model_fingerprint": cfg.fingerprint,
-        "runner": runner,
-        "mode": cfg.plan.mode,
-        "unique_join": cfg.plan.join if cfg.plan.mode == "unique" else None,
-        "repeat_estimate": cfg.plan.repeat_estimate,
-        "model_errors": model_errors,
-        "max_model_error_ratio": cfg.max_model_error_ratio,
-        "elapsed_s": round(elapsed, 3),
-        "pairs_per_s": round(cfg.rows_in / elapsed, 1) if elapsed > 0 else None,
-        "input_files": cfg.input_files,
-        "counters": _counters(result) if result is not None else {},
-    }
-    summary["invariant_holds"] = cfg.rows_in == scored + rejected
-    summary_path = join(cfg.output, pio.SUMMARY)
-    if not summary["invariant_holds"]:
-        pio.write_json(summary_path, summary)
-        raise JobError(
-            f"rows lost: rows_in {cfg.rows_in} != scored {scored} + rejected {rejected}; "
-            f"{pio.SUCCESS} not written, output left in {pio.staging(cfg.output)} "
-            f"(see {summary_path})"
-        )
-    if model_errors > cfg.max_model_error_ratio * (cfg.rows_in or 0):
-        pio.write_json(summary_path, summary)
-        raise JobError(
-            f"{model_errors} of {cfg.rows_in} rows failed in the model (reason model_error), "
-            f"more than --max-model-error-ratio {cfg.max_model_error_ratio:g} allows; "
-            f"{pio.SUCCESS} not written, output left in {pio.staging(cfg.output)} "
-            f"(see {summary_path} and the rejects' error column)"
-        )
-    pio.publish(cfg.output)
-    pio.write_json(summary_path, summary)
-    # Not empty: Beam's S3 writer cannot create a zero-byte object (S3 rejects a
-    # multipart upload with no parts).
-    pio.write_text(join(cfg.output, pio.SUCCESS), "ok\n")
-    return summary
-
-
 def run(argv=None, save_main_session=False, test_pipeline=None) -> PipelineResult:
-    """Build and run the scoring job; returns the Beam PipelineResult (with `.summary`).
+    """Build and run the scoring job; returns the Beam PipelineResult, with `.summary`
+    (summary.json plus the Beam counters) once the job has finished.
 
     Raises JobError (naming the file, column, flag or setting) for problems found before
-    the job starts, and when the written rows do not add up to the rows read.
+    the job starts, and when the job fails or its final step withholds the output.
+    With --detach the job is submitted and `run` returns at once (`.summary` None): the
+    pipeline's own last step publishes and writes summary.json and _SUCCESS.
     """
     argv = list(argv) if argv is not None else None
     options = _pipeline_options(argv)
     opts = options.view_as(ScoreOptions)
-    # The launcher's own reads and writes (checks, summary) use the job's storage
+    # The launcher's own reads and writes (checks, marker) use the job's storage
     # settings too, e.g. --s3_endpoint_url.
     FileSystems.set_options(options)
     dry_run = bool(options.view_as(TestOptions).dry_run)
     cfg = resolve(opts, dry_run)
+    cfg.runner = str(options.view_as(StandardOptions).runner).rsplit(".", 1)[-1]
     if save_main_session:
         options.view_as(beam.options.pipeline_options.SetupOptions).save_main_session = True
-    runner = str(options.view_as(StandardOptions).runner)
     p = test_pipeline or beam.Pipeline(options=options)
     build(p, cfg, dry_run=dry_run)
     if dry_run:
@@ -298,18 +258,29 @@ def run(argv=None, save_main_session=False, test_pipeline=None) -> PipelineResul
     marker = pio.acquire_run_marker(cfg.output, cfg.run_id, opts.stale_run_after)
     try:
         pio.clear_previous_output(cfg.output)
-        started = time.time()
-        try:
-            result = p.run()
-            result.wait_until_finish()
-        except Exception as e:
-            # The runner has logged the traceback; the user gets one line naming the cause.
-            raise JobError(
-                f"the job failed, {pio.SUCCESS} not written: {type(e).__name__}: {e}"
-            ) from e
-        summary = finalize(cfg, result, runner.rsplit(".", 1)[-1], time.time() - started)
-    finally:
+        result = p.run()
+        # A Flex Template launch (template_location set) must exit once submitted.
+        template = options.view_as(GoogleCloudOptions).template_location
+        if opts.detach or template:
+            log.info("submitted run %s; it publishes %s itself", cfg.run_id, cfg.output)
+            result.summary = None
+            return result
+        result.wait_until_finish()
+    except Exception as e:
+        # The runner has logged the traceback; the user gets one line naming the cause.
+        # The final step explains a withheld output in summary.json.
         marker.release()
-    log.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k != "counters"}))
-    result.summary = summary
+        summary = publish.read_summary(cfg.output)
+        if summary is not None and summary.get("run_id") == cfg.run_id and summary.get("error"):
+            raise JobError(summary["error"]) from e
+        raise JobError(
+            f"the job failed, {pio.SUCCESS} not written: {type(e).__name__}: {e}"
+        ) from e
+    # The pipeline has published (or refused to); all that is left is to read its summary.
+    summary = publish.read_summary(cfg.output) or {}
+    if summary.get("run_id") != cfg.run_id or summary.get("status") != publish.PUBLISHED:
+        raise JobError(f"the job finished but left no summary of run {cfg.run_id} in "
+                       f"{cfg.output}; {pio.SUCCESS} not written")
+    log.info("summary: %s", json.dumps(summary))
+    result.summary = {**summary, "counters": _counters(result)}
     return result

@@ -72,6 +72,10 @@ class ScoreOptions(PipelineOptions):
                             dest="max_model_error_ratio", type=float, default=0.001,
                             help="fail the job when rows rejected with reason model_error "
                             "exceed this share of rows_in; 0 fails on the first failed batch")
+        parser.add_argument("--detach", action="store_true", default=False,
+                            help="submit the job and return without waiting (Dataflow, "
+                            "a scheduler): the pipeline's last step publishes and writes "
+                            "summary.json and _SUCCESS itself")
         parser.add_argument("--stale-run-after", "--stale_run_after", dest="stale_run_after",
                             type=float, default=STALE_RUN_AFTER_S, metavar="SECONDS",
                             help="a run marker (OUT/_RUN.json) older than this is stale and "

@@ -327,7 +327,7 @@ class EncodeDistinctTexts(beam.PTransform):
         batches = (
             valid
             | "KeyTexts" >> beam.ParDo(_KeyTextsFn(cfg))
-            | "DistinctTexts" >> beam.CombinePerKey(textindex.DistinctTextsFn())
+            | "DistinctTexts" >> beam.CombinePerKey(textindex.DistinctFn())
             | "SplitTexts" >> beam.ParDo(_SplitTextsFn(cfg.rebatch_rows))
             # Spreads the encoding over workers: a bucket's texts leave the combine on one.
             | "SpreadTexts" >> beam.Reshuffle()
@@ -532,8 +532,8 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 class WriteResults(beam.PTransform):
-    """{'labels', 'rejects'} -> Parquet files under OUT/_staging/ (published by the
-    launcher once the rows add up)."""
+    """{'labels', 'rejects'} -> Parquet files under OUT/_staging/RUN_ID/; returns
+    {'labels', 'rejects'}: the names of the files each write finished."""
 
     def __init__(self, cfg: JobConfig):
         super().__init__()
@@ -541,7 +541,7 @@ class WriteResults(beam.PTransform):
 
     def expand(self, results):
         cfg = self.cfg
-        staging = pio.staging(cfg.output)
+        staging = pio.staging(cfg.output, cfg.run_id)
         return {
             "labels": results["labels"]
             | "WriteLabels" >> WriteToParquetBatched(
@@ -557,3 +557,82 @@ class WriteResults(beam.PTransform):
                 file_name_suffix=".parquet",
             ),
         }
+
+
+# --- Finalize ---------------------------------------------------------------------------
+
+
+class _KeyIdsFn(beam.DoFn):
+    def __init__(self, id_column: str, buckets: int):
+        self.id_column = id_column
+        self.buckets = buckets
+
+    def process(self, table):
+        yield from textindex.split_buckets(table[self.id_column], self.buckets)
+
+
+class CountDistinctIds(beam.PTransform):
+    """Label tables -> one int: the distinct values of `id_column`, exactly (Arrow's
+    `unique`, never Python's `hash()`, under which -1 and -2 collide). Ids are bucketed
+    by `textindex.value_hash`, so a worker holds one bucket's distinct ids."""
+
+    def __init__(self, id_column: str, buckets: int = 1):
+        super().__init__()
+        self.id_column = id_column
+        self.buckets = buckets
+
+    def expand(self, labels):
+        return (
+            labels
+            | "KeyIds" >> beam.ParDo(_KeyIdsFn(self.id_column, self.buckets))
+            | "DistinctIds" >> beam.CombinePerKey(textindex.DistinctFn())
+            | "CountPerBucket" >> beam.MapTuple(lambda _, ids: len(ids))
+            | "Sum" >> beam.CombineGlobally(sum)
+        )
+
+
+class _FinalizeFn(beam.DoFn):
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+
+    def process(self, _, label_files, reject_files, duplicates, distinct_ids):
+        from pipeline import publish
+
+        yield publish.finalize_run(self.cfg, sorted(label_files), sorted(reject_files),
+                                   duplicates, distinct_ids)
+
+
+class Finalize(beam.PTransform):
+    """(label tables, {'labels', 'rejects'}: the files both writes finished) -> the
+    summary written. The job's last step: it takes both writes' outputs as side inputs,
+    so it runs after both have finished, on every runner; it counts, checks and
+    publishes (`pipeline.publish.finalize_run`). Duplicates and distinct ids are counted
+    here, exactly, by combiners over the label tables (ids bucketed by hash, so no
+    worker holds more than a bucket's distinct ids)."""
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, inputs):
+        labels, written = inputs
+        cfg = self.cfg
+        duplicates = (
+            labels
+            | "DuplicatesPerTable" >> beam.Map(
+                lambda t: int(pc.sum(t["is_duplicate"]).as_py() or 0))
+            | "Duplicates" >> beam.CombineGlobally(sum)
+        )
+        distinct_ids = labels | "DistinctIds" >> CountDistinctIds(cfg.id_column,
+                                                                  cfg.id_buckets)
+        return (
+            labels.pipeline
+            | "Start" >> beam.Create([None])
+            | "Publish" >> beam.ParDo(
+                _FinalizeFn(cfg),
+                beam.pvalue.AsList(written["labels"]),
+                beam.pvalue.AsList(written["rejects"]),
+                beam.pvalue.AsSingleton(duplicates),
+                beam.pvalue.AsSingleton(distinct_ids),
+            )
+        )

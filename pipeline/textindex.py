@@ -94,10 +94,28 @@ def distinct_texts(table: pa.Table, text_columns: tuple[str, str]) -> pa.Array:
     return pc.unique(both)
 
 
+def value_hash(column) -> np.ndarray:
+    """uint64 per value, the same on every worker: `text_hash` of strings and binaries,
+    the mixed value of integers, `text_hash` of the string form of anything else. Only
+    spreads values over buckets: equal values always share a bucket."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    t = arr.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or (
+            pa.types.is_large_binary(t)):
+        return text_hash(arr)
+    if pa.types.is_integer(t):
+        values = np.asarray(pc.fill_null(arr, 0)).astype(np.int64).view(np.uint64)
+        return _mix(values)
+    return text_hash(arr.cast(pa.string()))
+
+
 def split_buckets(texts: pa.Array, buckets: int) -> list[tuple[int, pa.Array]]:
+    """(bucket, the values of that bucket) by `value_hash`, for texts or ids."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
     if buckets <= 1:
         return [(0, texts)] if len(texts) else []
-    bucket = (text_hash(texts) % np.uint64(buckets)).astype(np.int64)
+    bucket = (value_hash(texts) % np.uint64(buckets)).astype(np.int64)
     order = np.argsort(bucket, kind="stable")
     bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
     return [
@@ -107,10 +125,10 @@ def split_buckets(texts: pa.Array, buckets: int) -> list[tuple[int, pa.Array]]:
     ]
 
 
-class DistinctTextsFn(beam.CombineFn):
-    """Union of text arrays. The accumulator is a list of arrays, deduplicated whenever
-    its pending part outgrows what was last deduplicated, so it stays near the bucket's
-    distinct texts however many pairs repeat them."""
+class DistinctFn(beam.CombineFn):
+    """Union of Arrow arrays (texts, or ids of any type), exact. The accumulator is a list
+    of arrays, deduplicated whenever its pending part outgrows what was last
+    deduplicated, so it stays near the key's distinct values however often they repeat."""
 
     def create_accumulator(self):
         return [0, []]  # [rows at last dedup, arrays]

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from model.modeldir import build_manifest
-from pipeline import cli, handler, job
+from pipeline import cli, handler, job, publish
 from pipeline import io as pio
 from pipeline.io import JobError
 from pipeline.packing import PackedBatch
@@ -64,7 +64,7 @@ def test_sigkill_midway_leaves_nothing_final_and_the_rerun_is_exact(tmp_path, bi
     )
     try:
         deadline = time.time() + 240
-        while not list((out / "_staging" / "labels").glob("beam-temp-*/*")):
+        while not list((out / "_staging").glob("*/labels/beam-temp-*/*")):
             assert proc.poll() is None, "the job ended before it wrote anything"
             assert time.time() < deadline, "the job never started writing labels"
             time.sleep(0.05)
@@ -205,7 +205,8 @@ def test_model_errors_past_the_ratio_fail_the_night_with_the_output_staged(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model_errors"] > 0 and summary["invariant_holds"] is True
     assert not (out / "_SUCCESS").exists() and not (out / "labels").exists()
-    assert list((out / "_staging" / "rejects").glob("*.parquet"))
+    assert list((out / "_staging").glob("*/rejects/*.parquet"))
+    assert summary["status"] == "withheld" and not (out / "_RUN.json").exists()
 
 
 def test_max_model_error_ratio_zero_fails_on_the_first_failed_batch(
@@ -304,34 +305,154 @@ def test_a_crash_in_model_loading_gives_a_clear_error(tmp_path, bilstm_model, ca
     assert not (out / "_SUCCESS").exists() and not (out / "labels").exists()
 
 
-# --- rows that do not add up, and leftovers of a crashed run ---------------------------
+# --- the final step: rows that do not add up, retries, interruptions ---------------------
 
 
-def _stage(out, kind, table):
-    (out / "_staging" / kind).mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, out / "_staging" / kind / "part-00000-of-00001.parquet")
-
-
-def test_rows_that_do_not_add_up_are_not_published(tmp_path, bilstm_model):
+def _staged_run(tmp_path, model, drop_last=False):
+    """A resolved job over PAIRS and what its writes would leave staged: two label files
+    and one (empty) reject file. Returns (cfg, label files, reject files)."""
     src, out = tmp_path / "pairs.parquet", tmp_path / "out"
     write_pairs(src, PAIRS)
     cfg = job.resolve(
-        job.ScoreOptions(["--input", str(src), "--output", str(out), "--model", bilstm_model]),
+        job.ScoreOptions(["--input", str(src), "--output", str(out), "--model", model]),
         dry_run=False,
     )
-    # What a runner that silently dropped one row would leave staged.
-    ids = [r[0] for r in PAIRS[:-1]]
+    staged = out / "_staging" / cfg.run_id
+    ids = [r[0] for r in (PAIRS[:-1] if drop_last else PAIRS)]
     labels = pa.table({"pair_id": ids, "score": pa.array([0.5] * len(ids), pa.float32()),
-                       "is_duplicate": [True] * len(ids)})
-    _stage(out, "labels", labels)
-    _stage(out, "rejects", pa.table({"pair_id": pa.array([], pa.string()),
-                                     "reason": pa.array([], pa.string())}))
-    with pytest.raises(JobError, match=r"rows lost: rows_in 7 != scored 6 \+ rejected 0"):
-        job.finalize(cfg, None, "test", 1.0)
+                       "is_duplicate": [i < 2 for i in range(len(ids))]})
+    (staged / "labels").mkdir(parents=True)
+    (staged / "rejects").mkdir()
+    label_files = []
+    for k, part in enumerate((labels.slice(0, 3), labels.slice(3))):
+        path = staged / "labels" / f"part-0000{k}-of-00002.parquet"
+        pq.write_table(part, path)
+        label_files.append(str(path))
+    reject = staged / "rejects" / "part-00000-of-00001.parquet"
+    pq.write_table(pa.table({"pair_id": pa.array([], pa.string()),
+                             "reason": pa.array([], pa.string())}), reject)
+    return cfg, label_files, [str(reject)]
+
+
+def _published(out):
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+def test_rows_that_do_not_add_up_are_not_published(tmp_path, bilstm_model):
+    # What a runner that silently dropped one row would leave staged.
+    cfg, labels, rejects = _staged_run(tmp_path, bilstm_model, drop_last=True)
+    out = tmp_path / "out"
+    with pytest.raises(publish.RunWithheld, match=r"rows lost: rows_in 7 != scored 6 \+ "
+                       r"rejected 0"):
+        publish.finalize_run(cfg, labels, rejects, duplicates=2, distinct_ids=6)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["invariant_holds"] is False and summary["rows_in"] == 7
+    assert summary["status"] == "withheld" and "rows lost" in summary["error"]
     assert not (out / "_SUCCESS").exists()
     assert not (out / "labels").exists(), "unverified rows were published"
+
+
+def test_the_final_step_run_twice_publishes_once(tmp_path, bilstm_model):
+    """A runner may retry the last step (a worker lost mid-step): the second run finds
+    the files published and gives the same output, one _SUCCESS."""
+    cfg, labels, rejects = _staged_run(tmp_path, bilstm_model)
+    out = tmp_path / "out"
+    first = publish.finalize_run(cfg, labels, rejects, duplicates=2, distinct_ids=7)
+    after_first = _published(out)
+    second = publish.finalize_run(cfg, labels, rejects, duplicates=2, distinct_ids=7)
+    assert _published(out) == after_first == [
+        "_SUCCESS", "labels/part-00000-of-00002.parquet", "labels/part-00001-of-00002.parquet",
+        "rejects/part-00000-of-00001.parquet", "summary.json"]
+    for s in (first, second):
+        assert (s["scored"], s["rejected"], s["status"]) == (7, 0, "published")
+    assert pq.read_table(out / "labels")["pair_id"].to_pylist() == [r[0] for r in PAIRS]
+
+
+def test_the_final_step_interrupted_mid_publish_is_completed_by_its_retry(
+    tmp_path, bilstm_model, monkeypatch
+):
+    cfg, labels, rejects = _staged_run(tmp_path, bilstm_model)
+    out = tmp_path / "out"
+    real_rename = publish.FileSystems.rename
+
+    def rename_half(sources, targets):
+        # The worker is lost after moving the first file.
+        real_rename(sources[:1], targets[:1])
+        raise ConnectionError("worker lost")
+
+    monkeypatch.setattr(publish.FileSystems, "rename", rename_half)
+    with pytest.raises(ConnectionError):
+        publish.finalize_run(cfg, labels, rejects, duplicates=2, distinct_ids=7)
+    assert (out / "labels" / "part-00000-of-00002.parquet").exists()
+    assert not (out / "_SUCCESS").exists() and not (out / "summary.json").exists()
+    monkeypatch.setattr(publish.FileSystems, "rename", real_rename)
+    summary = publish.finalize_run(cfg, labels, rejects, duplicates=2, distinct_ids=7)
+    assert summary["scored"] == 7 and summary["invariant_holds"]
+    assert pq.read_table(out / "labels")["pair_id"].to_pylist() == [r[0] for r in PAIRS]
+    assert [p for p in _published(out) if p.startswith("_staging")] == []
+    assert (out / "_SUCCESS").exists()
+
+
+def test_the_pipeline_runs_the_final_step_after_both_writes_and_the_launcher_only_reads(
+    tmp_path, bilstm_model, monkeypatch
+):
+    """On the local runner the launcher is the runner, so the ordering property is
+    tested: once the pipeline has finished, `run()` touches storage only to read
+    summary.json; counting, publishing, summary.json and _SUCCESS were the pipeline's."""
+    src, out = tmp_path / "pairs.parquet", tmp_path / "out"
+    write_pairs(src, PAIRS)
+    calls = []
+    fs = publish.FileSystems
+
+    def record(name):
+        real = getattr(fs, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append((name, str(args[0]) if args else ""))
+            return real(*args, **kwargs)
+        return wrapper
+
+    import apache_beam.runners.portability.fn_api_runner.fn_runner as fn_runner
+
+    real_run = fn_runner.FnApiRunner.run_pipeline
+
+    def run_then_record(self, *args, **kwargs):
+        result = real_run(self, *args, **kwargs)
+        for name in ("create", "rename", "delete", "copy", "mkdirs", "open", "exists",
+                     "match"):
+            monkeypatch.setattr(fs, name, record(name))
+        return result
+
+    monkeypatch.setattr(fn_runner.FnApiRunner, "run_pipeline", run_then_record)
+    result = job.run(["--input", str(src), "--output", str(out), "--model", bilstm_model])
+    assert result.summary["status"] == "published" and (out / "_SUCCESS").exists()
+    touched = {path for _, path in calls}
+    assert touched <= {str(out / "summary.json")}, calls
+    assert {name for name, _ in calls} <= {"exists", "open"}, calls
+
+
+def test_files_landing_in_the_glob_while_the_job_runs_are_neither_read_nor_counted(
+    tmp_path, bilstm_model, monkeypatch
+):
+    """The input is pinned at launch: a file added after the glob was matched is left
+    for the next run, and summary.json lists exactly the files read."""
+    (tmp_path / "in").mkdir()
+    write_pairs(tmp_path / "in" / "a.parquet", PAIRS)
+    out = tmp_path / "out"
+    real_scan = pio.scan_inputs
+
+    def scan_then_a_file_lands(pattern):
+        scan = real_scan(pattern)
+        write_pairs(tmp_path / "in" / "b.parquet", [("late", "a late text", "another one")])
+        return scan
+
+    monkeypatch.setattr(pio, "scan_inputs", scan_then_a_file_lands)
+    result = job.run(["--input", str(tmp_path / "in" / "*.parquet"), "--output", str(out),
+                      "--model", bilstm_model])
+    assert result.summary["rows_in"] == len(PAIRS) == result.summary["scored"]
+    assert result.summary["input_files"] == [{"path": str(tmp_path / "in" / "a.parquet"),
+                                              "rows": len(PAIRS)}]
+    assert "late" not in pq.read_table(out / "labels")["pair_id"].to_pylist()
 
 
 def test_a_crashed_runs_leftovers_are_cleared(tmp_path, bilstm_model):

@@ -314,7 +314,7 @@ def test_marker_in_s3(s3):  # noqa: F811
     assert json.loads(s3.get(key))["run_id"] == "s3-later"
 
 
-# --- tally_outputs -------------------------------------------------------------------
+# --- counting what was written, distinct ids ------------------------------------------
 
 
 def _labels(path, ids, id_type):
@@ -327,16 +327,28 @@ def _labels(path, ids, id_type):
     return str(path)
 
 
-def test_distinct_ids_are_exact_where_python_hashes_collide(tmp_path):
+def _assert_distinct_ids(tables, buckets, want):
+    """stages.CountDistinctIds in a real Beam pipeline gives `want`."""
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline import stages
+
+    with beam.Pipeline("FnApiRunner") as p:
+        count = p | beam.Create(tables) | stages.CountDistinctIds("pair_id", buckets)
+        assert_that(count, equal_to([want]))
+
+
+def test_distinct_ids_are_exact_where_python_hashes_collide():
     assert hash(-1) == hash(-2)  # why hash() could not count them
-    files = [_labels(tmp_path / "a.parquet", [-1, -2], pa.int64())]
-    tally = pio.tally_outputs(files, [], "pair_id")
-    assert tally.scored == 2 and tally.distinct_ids == 2
+    table = pa.table({"pair_id": pa.array([-1, -2], pa.int64())})
+    _assert_distinct_ids([table], 1, 2)
+    _assert_distinct_ids([table, table], 3, 2)
 
 
 @pytest.mark.parametrize("id_type", [pa.int64(), pa.int32(), pa.string(), pa.large_string(),
                                      pa.binary(), pa.float64()])
-def test_distinct_ids_across_files(tmp_path, id_type):
+def test_distinct_ids_across_tables_and_buckets(id_type):
     def ids(values):
         if pa.types.is_binary(id_type):
             return [str(v).encode() for v in values]
@@ -344,36 +356,31 @@ def test_distinct_ids_across_files(tmp_path, id_type):
             return [str(v) for v in values]
         return values
 
-    files = [
-        _labels(tmp_path / "a.parquet", ids([-1, -2, 3, 3]), id_type),
-        _labels(tmp_path / "b.parquet", ids([3, 4, -1]), id_type),
-        _labels(tmp_path / "c.parquet", ids([]), id_type),
-    ]
+    tables = [pa.table({"pair_id": pa.array(ids(v), id_type)})
+              for v in ([-1, -2, 3, 3], [3, 4, -1], [])]
+    for buckets in (1, 2, 7):
+        _assert_distinct_ids(tables, buckets, 4)
+
+
+def test_distinct_ids_of_many_overlapping_tables():
+    tables = [pa.table({"pair_id": pa.array(range(i, i + 50), pa.int64())})
+              for i in range(0, 400, 25)]
+    _assert_distinct_ids(tables, 5, 375 + 50)
+
+
+def test_no_labels_count_no_ids():
+    _assert_distinct_ids([], 2, 0)
+
+
+def test_count_written_reads_footers_and_reasons(tmp_path):
+    from pipeline import publish
+
+    files = [_labels(tmp_path / "a.parquet", [1, 2, 3, 3], pa.int64()),
+             _labels(tmp_path / "b.parquet", [], pa.int64())]
     rejects = tmp_path / "r.parquet"
     pq.write_table(pa.table({"pair_id": ["x", "y", "z"],
                              "reason": ["null_text", "empty_text", "null_text"]}), rejects)
-    tally = pio.tally_outputs(files, [str(rejects)], "pair_id")
-    assert (tally.scored, tally.distinct_ids, tally.duplicates) == (7, 4, 4)
-    assert tally.rejected == 3 and tally.by_reason == {"null_text": 2, "empty_text": 1}
-
-
-def test_distinct_ids_merge_in_steps(tmp_path, monkeypatch):
-    """Many overlapping files, the running set merged along the way: still exact."""
-    merges = []
-    real_merge = pio._Distinct._merge
-
-    def merge(self):
-        merges.append(len(self.pending))
-        real_merge(self)
-
-    monkeypatch.setattr(pio._Distinct, "MIN_MERGE_ROWS", 60)
-    monkeypatch.setattr(pio._Distinct, "_merge", merge)
-    files = [_labels(tmp_path / f"{i}.parquet", list(range(i, i + 50)), pa.int64())
-             for i in range(0, 400, 25)]
-    tally = pio.tally_outputs(files, [], "pair_id")
-    assert tally.scored == 16 * 50 and tally.distinct_ids == 375 + 50
-    assert len(merges) > 2, "never merged before the end"
-
-
-def test_no_label_files_count_nothing():
-    assert pio.tally_outputs([], [], "pair_id") == pio.Tally()
+    tally = publish.count_written(files, [str(rejects)])
+    assert (tally.scored, tally.rejected) == (4, 3)
+    assert tally.by_reason == {"null_text": 2, "empty_text": 1}
+    assert publish.count_written([], []) == publish.Tally()

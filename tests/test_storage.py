@@ -199,6 +199,7 @@ def _check_output(bucket, prefix: str, urls: dict[str, str], model_dir: str) -> 
     assert labels and rejects, keys
     assert f"{prefix}/out/summary.json" in keys and f"{prefix}/out/_SUCCESS" in keys, keys
     assert not [k for k in keys if "/_staging/" in k], "staged files left behind"
+    assert f"{prefix}/out/_RUN.json" not in keys, "the run marker was not released"
 
     from model.predict import Scorer
 
@@ -221,8 +222,10 @@ def _check_output(bucket, prefix: str, urls: dict[str, str], model_dir: str) -> 
     assert summary["scored"] == len(PAIRS) and summary["rejected"] == len(BAD_ROWS)
     assert summary["invariant_holds"] is True
     assert summary["model"] == urls["model"]
-    assert summary["input_files"] == 2
-    assert summary["counters"]["rows_scored_on_cpu"] == len(PAIRS)
+    # The two files the glob matched at launch, with their rows (9 rows cut in halves).
+    assert [f["rows"] for f in summary["input_files"]] == [4, 5]
+    assert summary["input_files"][0]["path"] == f"{urls['input'][:-len('*.parquet')]}part-0.parquet"
+    assert "counters" not in summary  # Beam's counters are the launcher's, not the job's
     return summary
 
 

@@ -228,7 +228,7 @@ def test_index_lookup_is_exact_even_when_hashes_collide():
 
 
 def test_distinct_texts_combine_keeps_each_text_once():
-    fn = textindex.DistinctTextsFn()
+    fn = textindex.DistinctFn()
     rng = np.random.default_rng(0)
     pool = [f"text {i}" for i in range(5000)]
     accs = []
