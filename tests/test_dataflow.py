@@ -250,3 +250,25 @@ def test_one_shared_model_copy_scores_locally(bilstm_model, tmp_path):
     summary = result.summary
     assert summary["scored"] == len(PAIRS) and summary["invariant_holds"]
     assert summary["counters"]["rows_scored_on_cpu"] == len(PAIRS)
+
+
+def test_the_final_step_runs_on_dataflow_after_both_writes(no_network):
+    """The job publishes itself: the Dataflow graph ends in Finalize/Publish, whose side
+    inputs are the files both writes finished (the ordering Beam guarantees on every
+    runner), so nothing is left for a launcher that has gone away."""
+    job = dry_run(["--profile", "dataflow-gpu", *CLOUD, f"--sdk_container_image={IMAGE}", *IO])
+    producer = {}  # PCollection -> the innermost transform producing it
+    for name, t in job.transforms.items():
+        for pcoll in t.outputs.values():
+            if len(name) > len(producer.get(pcoll, "")):
+                producer[pcoll] = name
+    publish = job.transforms["Finalize/Publish"]
+    assert publish.spec.urn == "beam:transform:pardo:v1"
+    payload = beam_runner_api_pb2.ParDoPayload.FromString(publish.spec.payload)
+    side = [publish.inputs[tag] for tag in payload.side_inputs]
+    sources = sorted(producer[p] for p in side)
+    assert len(sources) == 4, sources  # labels, rejects, duplicates, distinct ids
+    assert any(s.startswith("WriteResults/WriteLabels/") for s in sources), sources
+    assert any(s.startswith("WriteResults/WriteRejects/") for s in sources), sources
+    assert job.dofn("Finalize/Publish").cfg.output == IO[1].split("=")[1]
+    assert no_network == []
