@@ -78,7 +78,7 @@ quality: $(STAMP)
 	  --report out/quality
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline model tests bench
+	$(BIN)/ruff check pipeline model tests bench flex
 
 clean:
 	rm -rf $(VENV) models out data/sample.parquet
