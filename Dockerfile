@@ -60,7 +60,7 @@ RUN pip install . \
 # Baked in at build time, so a worker never downloads or exports a model; `--model`
 # defaults to this path under --profile dataflow-gpu.
 RUN pairscore default-model --output "${PAIRSCORE_MODEL_DIR}" \
-    && python -c "from model.config import check_model_dir; check_model_dir('${PAIRSCORE_MODEL_DIR}')"
+    && python -c "from model.modeldir import ModelDir; ModelDir.open('${PAIRSCORE_MODEL_DIR}')"
 
 WORKDIR /opt/pairscore
 # The Flex Template's entry point: `pairscore score` with the template's parameters

@@ -231,7 +231,7 @@ def test_default_model_is_baked_where_the_profile_points(image):
     runs = " ".join(image.steps("RUN"))
     assert f"pairscore default-model --output {IMAGE_MODEL_DIR}" in runs.replace('"', "")
     # The build fails if the exported directory breaks the model-dir contract.
-    assert f"check_model_dir('{IMAGE_MODEL_DIR}')" in runs
+    assert f"ModelDir.open('{IMAGE_MODEL_DIR}')" in runs  # contract and manifest checked
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
