@@ -16,13 +16,10 @@ from model import tokenization
 from pipeline import job, planning, stages, textindex
 from pipeline.handler import LoadedPairModel
 from pipeline.packing import pad_rows, plan_batches
+from tests import tiny
 
 TEXTS = [
-    "How do I learn Python quickly?",
-    "What is the fastest way to learn Python?",
-    "Where can I buy a cheap laptop?",
-    "The cat sat on the mat.",
-    "A dog barked at the mailman all day long.",
+    *tiny.TEXTS,  # the texts the tiny models are built from, then harder ones
     "Café crème brûlée, s'il vous plaît!",
     "东京 is in 日本",
     "word " * 300,
