@@ -253,8 +253,58 @@ def default_model_command(argv: list[str]) -> int:
     return 0
 
 
+def threshold_parser() -> CommandParser:
+    from model.threshold import threshold_model
+
+    defaults = _defaults(threshold_model)
+    p = CommandParser("pairscore threshold",
+                      "Choose a model's threshold for a target precision or recall, with a "
+                      "confidence bound, and write the model with it.")
+    p.add_argument("--model", required=True, help="model directory (local, gs:// or s3://)")
+    p.add_argument("--labelled", required=True,
+                   help="labelled pairs (Parquet, CSV or TSV with texts and 0/1 labels)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-precision", type=float, metavar="P",
+                        help="lower confidence bound of precision at least P; keeps the "
+                        "most recall that allows")
+    target.add_argument("--target-recall", type=float, metavar="R",
+                        help="lower confidence bound of recall at least R; keeps the most "
+                        "precision that allows")
+    p.add_argument("--confidence", type=float, default=defaults["confidence"],
+                   help="confidence of the one-sided exact (Clopper-Pearson) bound")
+    p.add_argument("--output", required=True,
+                   help="new model directory: --model's files, this threshold")
+    p.add_argument("--text-a-column", default=defaults["text_a_column"],
+                   help="column of the first texts")
+    p.add_argument("--text-b-column", default=defaults["text_b_column"],
+                   help="column of the second texts")
+    p.add_argument("--label-column", default=defaults["label_column"],
+                   help="column of 0/1 labels")
+    p.add_argument("--batch-size", type=int, default=defaults["batch_size"],
+                   help="pairs per model call")
+    return p
+
+
+def threshold_command(argv: list[str]) -> int:
+    from model.threshold import ThresholdError, threshold_model
+
+    p = threshold_parser()
+    args = p.parse_args(argv)
+    metric = "precision" if args.target_precision is not None else "recall"
+    target = args.target_precision if metric == "precision" else args.target_recall
+    try:
+        choice = threshold_model(args.model, args.labelled, args.output, metric, target,
+                                 args.confidence, args.text_a_column, args.text_b_column,
+                                 args.label_column, args.batch_size)
+    except (ThresholdError, ValueError, FileNotFoundError) as e:
+        p.error(str(e))
+    print(json.dumps({"output": args.output, **choice.to_dict()}, indent=2))
+    return 0
+
+
 COMMANDS = {
     "train": train_command,
     "evaluate": evaluate_command,
     "default-model": default_model_command,
+    "threshold": threshold_command,
 }

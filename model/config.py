@@ -92,6 +92,8 @@ class ModelMetadata:
     # {"size", "sha256", "md5", "crc32c"} (md5 and crc32c base64, as GCS reports them).
     # None in directories exported before pairscore recorded it.
     manifest: dict[str, dict[str, Any]] | None = None
+    # How `pairscore threshold` chose `threshold` (model.threshold.ThresholdChoice), if it did.
+    threshold_choice: dict[str, Any] | None = None
     created_at: str = dataclasses.field(
         default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(
             timespec="seconds"

@@ -5,6 +5,8 @@
     pairscore score --input 'data/*.parquet' --output out/ --model models/default
     pairscore train --train pairs.parquet --encoder bilstm --distance l1 --output models/m
     pairscore evaluate --model models/m --data dev.parquet
+    pairscore threshold --model models/m --labelled dev.parquet --target-precision 0.95 \
+        --output models/m-p95
 """
 
 from __future__ import annotations
