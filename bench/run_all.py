@@ -1,6 +1,6 @@
 """Run every benchmark (`make bench`) and print their figures as one table.
 
-    python bench/run_all.py [--only overhead,unique,feed,memory,naive,precision]
+    python bench/run_all.py [--only overhead,unique,feed,memory,launcher,cost,naive,precision]
 
 Each benchmark is also a script of its own (see its docstring for the command and what
 it measures); each saves its figures to out/bench/NAME.json. Figures are ratios of
@@ -19,7 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common, feed, memory, naive, overhead, precision, unique_speedup  # noqa: E402
+from bench import (  # noqa: E402
+    common, cost_basis, feed, launcher, memory, naive, overhead, precision, unique_speedup,
+)
 
 BENCHES = {
     "overhead": lambda: common.report("overhead", overhead.run(20_000, ["minilm", "bilstm"], 1)),
@@ -28,6 +30,9 @@ BENCHES = {
     "feed": lambda: common.report("feed", feed.run(200_000, "minilm", 2)),
     "memory": lambda: common.report(
         "memory", memory.run(100_000, 1_000_000, "bilstm", ["pairs", "unique"])),
+    "launcher": lambda: common.report(
+        "launcher", launcher.run(100_000, 1_000_000, "minilm", False)),
+    "cost": lambda: common.report("cost_basis", cost_basis.run(20_000, 100_000, "minilm")),
     "naive": lambda: common.report("naive", naive.run(4000, "minilm")),
     "precision": lambda: common.report("precision", precision.run(3000, ["minilm", "bilstm"], 1)),
 }
@@ -67,6 +72,16 @@ def summary_rows() -> list[tuple[str, str, str]]:
             if mode in m:
                 rows.append((f"peak RSS 1M / 100k ({mode} mode)", str(m[mode]["peak_rss_ratio"]),
                              "<= 1.3"))
+    if la := load("launcher"):
+        r = la["ratios"]
+        rows.append(("launcher after the pipeline 1M / 100k (wall s; peak RSS)",
+                     f"{r['post_pipeline_wall_s']}; {r['peak_rss_mb']}", "flat (~1)"))
+        rows.append(("launcher RSS growth after the pipeline, MB (100k; 1M)",
+                     f"{la['small']['rss_growth_after_pipeline_mb']}; "
+                     f"{la['large']['rss_growth_after_pipeline_mb']}", "flat"))
+    if c := load("cost_basis"):
+        rows.append(("pairs per CPU-s, sample pairs (real MiniLM; no-op model)",
+                     f"{c['real']['pairs_per_cpu_s']}; {c['noop']['pairs_per_cpu_s']}", "report"))
     if n := load("naive"):
         rows.append(("ours / obvious pipeline (CPU; wall; steady CPU)",
                      f"{n['speedup_cpu']}; {n['speedup_wall']}; {n.get('speedup_steady_cpu')}",
