@@ -37,6 +37,7 @@ s3clients.share()
 
 LABELS = "labels"
 REJECTS = "rejects"
+GROUPS = "groups"
 SUMMARY = "summary.json"
 SUCCESS = "_SUCCESS"
 STAGING = "_staging"
@@ -150,9 +151,9 @@ def clear_previous_output(output: str) -> None:
     # _SUCCESS first, so that a reader never sees it beside a half-cleared output; then
     # files before the directories holding them.
     stale = [join(output, SUCCESS), join(output, SUMMARY)]
-    for kind in (LABELS, REJECTS, STAGING):
+    for kind in (LABELS, REJECTS, GROUPS, STAGING):
         stale += [m.path for m in _match(join(output, kind, "*"))]
-    stale += [join(output, LABELS), join(output, REJECTS), join(output, STAGING)]
+    stale += [join(output, kind) for kind in (LABELS, REJECTS, GROUPS, STAGING)]
     for path in stale:
         if not (FileSystems.exists(path) or FileSystems.exists(path + "/")):
             continue

@@ -77,6 +77,9 @@ class JobConfig:
     runner: str = ""
     launched_at: float = 0.0  # epoch seconds
     id_buckets: int = 1  # distinct-id count: CombinePerKey keys
+    group_by: tuple[str, str] | None = None  # --group-by: each side's record id column
+    max_group_size: int = 1000
+    max_group_edges: int = 20_000_000
 
     @property
     def fail_fast(self) -> bool:
@@ -125,7 +128,15 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
     else:
         scan = pio.scan_inputs(opts.input)
         rows_in = scan.rows
-    pio.check_columns(scan.schema, opts.input, opts.id_column, text_columns, keep)
+    group_by = _group_by(opts.group_by)
+    pio.check_columns(scan.schema, opts.input, opts.id_column, text_columns,
+                      keep + list(group_by or ()))
+    if group_by and not dry_run:
+        left, right = (scan.schema.field(c).type for c in group_by)
+        if left != right:
+            raise JobError(f"--group-by {opts.group_by}: the two record id columns have "
+                           f"different types ({left} and {right}); they must name records "
+                           "of one kind")
     try:
         meta = _read_model(opts.model, dry_run)
     except ModelDirError as e:
@@ -167,7 +178,19 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         run_id=pio.new_run_id(),
         launched_at=time.time(),
         id_buckets=max(1, math.ceil((rows_in or 0) / IDS_PER_BUCKET)),
+        group_by=group_by,
+        max_group_size=opts.max_group_size,
+        max_group_edges=opts.max_group_edges,
     )
+
+
+def _group_by(value: str | None) -> tuple[str, str] | None:
+    if not value:
+        return None
+    names = [c.strip() for c in value.split(",")]
+    if len(names) != 2 or not all(names):
+        raise JobError(f"--group-by {value!r}: give two columns, LEFT_ID,RIGHT_ID")
+    return names[0], names[1]
 
 
 def _read_model(model_dir: str, dry_run: bool) -> dict:
@@ -198,7 +221,12 @@ def build(p: beam.Pipeline, cfg: JobConfig, dry_run: bool = False):
     else:
         results = pairs | "ScorePairs" >> stages.ScorePairs(cfg)
     written = results | "WriteResults" >> stages.WriteResults(cfg)
-    return (results["labels"], written) | "Finalize" >> stages.Finalize(cfg)
+    if cfg.group_by:
+        grouped = results["edges"] | "Groups" >> stages.Groups(cfg)
+    else:
+        grouped = {"files": p | "NoGroupFiles" >> beam.Create([]),
+                   "stats": p | "NoGroupStats" >> beam.Create([])}
+    return (results["labels"], written, grouped) | "Finalize" >> stages.Finalize(cfg)
 
 
 def _pipeline_options(argv: list[str] | None) -> PipelineOptions:

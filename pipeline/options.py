@@ -72,6 +72,18 @@ class ScoreOptions(PipelineOptions):
                             dest="max_model_error_ratio", type=float, default=0.001,
                             help="fail the job when rows rejected with reason model_error "
                             "exceed this share of rows_in; 0 fails on the first failed batch")
+        parser.add_argument("--group-by", "--group_by", dest="group_by", default=None,
+                            metavar="LEFT_ID,RIGHT_ID",
+                            help="the two columns naming each side's record: also write "
+                            "OUT/groups/, the connected components of the duplicate pairs")
+        parser.add_argument("--max-group-size", "--max_group_size", dest="max_group_size",
+                            type=int, default=1000,
+                            help="warn, naming it, about any group larger than this "
+                            "(usually a threshold too low)")
+        parser.add_argument("--max-group-edges", "--max_group_edges", dest="max_group_edges",
+                            type=int, default=20_000_000,
+                            help="most duplicate edges grouped on one worker (about 60 "
+                            "bytes each); more fails the job naming this flag")
         parser.add_argument("--detach", action="store_true", default=False,
                             help="submit the job and return without waiting (Dataflow, "
                             "a scheduler): the pipeline's last step publishes and writes "

@@ -151,13 +151,19 @@ def withheld_because(cfg, summary: dict) -> str | None:
 
 
 def finalize_run(cfg, label_files: list[str], reject_files: list[str], duplicates: int,
-                 distinct_ids: int) -> dict:
+                 distinct_ids: int, group_files: list[str] = (),
+                 group_stats: dict | None = None) -> dict:
     """The whole last step (see the module docstring); returns the summary written.
     Raises RunWithheld, after writing summary.json, when the run must not publish."""
     labels = [locate(cfg.output, p) for p in label_files]
     rejects = [locate(cfg.output, p) for p in reject_files]
     tally = count_written(labels, rejects)
     summary = summary_of(cfg, tally, duplicates, distinct_ids)
+    summary["groups"] = group_stats
+    for big in (group_stats or {}).get("over_max_group_size", []):
+        log.warning("group %r has %d records, more than --max-group-size %d: one giant "
+                    "component usually means a threshold too low", big["group_id"],
+                    big["size"], cfg.max_group_size)
     summary_path = join(cfg.output, pio.SUMMARY)
     reason = withheld_because(cfg, summary)
     if reason is not None:
@@ -166,7 +172,9 @@ def finalize_run(cfg, label_files: list[str], reject_files: list[str], duplicate
         # The run is over: the next one may take the output (and clear this staging).
         pio.release_run_marker(cfg.output, cfg.run_id)
         raise RunWithheld(f"{reason} (see {summary_path})")
-    publish_files(cfg.output, label_files + reject_files)
+    for p in group_files:
+        locate(cfg.output, p)
+    publish_files(cfg.output, label_files + reject_files + list(group_files))
     _delete_tree(pio.staging(cfg.output, cfg.run_id))
     staging_root = join(cfg.output, pio.STAGING)
     if not pio._match(join(staging_root, "*")):

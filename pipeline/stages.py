@@ -34,8 +34,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from model.config import join
 from model.modeldir import ModelDir
+from pipeline import groups, joins, textindex
 from pipeline import io as pio
-from pipeline import joins, textindex
 from pipeline.handler import EncodeHandler, PairModelHandler, ScoreEmbeddingsHandler
 from pipeline.packing import label_table, pack_table
 from pipeline.validate import (
@@ -68,12 +68,14 @@ class _ValidateFn(beam.DoFn):
     def __init__(self, cfg: JobConfig, count: bool):
         self.id_column = cfg.id_column
         self.text_columns = cfg.text_columns
+        self.record_columns = tuple(cfg.group_by or ())
         self.count = count
         self.rows_read = _counter("rows_read")
         self.rejected = _counter("rows_rejected")
 
     def process(self, table):
-        valid, rejects = validate_table(table, self.id_column, self.text_columns)
+        valid, rejects = validate_table(table, self.id_column, self.text_columns,
+                                        self.record_columns)
         if self.count:
             self.rows_read.inc(table.num_rows)
             if rejects.num_rows:
@@ -233,6 +235,7 @@ class _ThresholdFn(beam.DoFn):
     def __init__(self, cfg: JobConfig):
         self.threshold = cfg.threshold
         self.schema = cfg.label_schema
+        self.group_by = cfg.group_by
         self.scored = _counter("rows_scored")
         self.duplicates = _counter("duplicates")
 
@@ -254,18 +257,26 @@ class _ThresholdFn(beam.DoFn):
             self.last = now
             self.log.info("scored %d pairs, %.0f pairs/s", self.done,
                           self.done / (now - self.started))
+        if self.group_by:
+            edges = groups.duplicate_edges(batch.rows, table["is_duplicate"].to_numpy(),
+                                           *self.group_by)
+            if edges.num_rows:
+                yield beam.pvalue.TaggedOutput("edges", edges)
         yield table
 
 
 class Threshold(beam.PTransform):
-    """Scored batches -> label tables (id, score, is_duplicate, kept columns)."""
+    """Scored batches -> {'labels': tables (id, score, is_duplicate, kept columns),
+    'edges': the duplicate pairs' (left, right) record ids, with --group-by}."""
 
     def __init__(self, cfg: JobConfig):
         super().__init__()
         self.cfg = cfg
 
     def expand(self, batches):
-        return batches | "Label" >> beam.ParDo(_ThresholdFn(self.cfg))
+        out = batches | "Label" >> beam.ParDo(_ThresholdFn(self.cfg)).with_outputs(
+            "edges", main="labels")
+        return {"labels": out.labels, "edges": out.edges}
 
 
 # --- unique-text mode: EncodeDistinctTexts, the two joins, ScoreEmbeddings --------------
@@ -481,10 +492,10 @@ class ScorePairs(beam.PTransform):
         packed = rebatched | "Tokenize" >> TokenizePairs(cfg)
         scored = packed["batches"] | "Score" >> RunModel(
             handler_for(PairModelHandler, cfg), _rows_failed, fail_fast=cfg.fail_fast)
-        labels = scored["scored"] | "Threshold" >> Threshold(cfg)
+        labelled = scored["scored"] | "Threshold" >> Threshold(cfg)
         rejects = ((checked["rejects"], packed["rejects"], scored["failed"])
                    | "MergeRejects" >> beam.Flatten())
-        return {"labels": labels, "rejects": rejects}
+        return {"labels": labelled["labels"], "rejects": rejects, "edges": labelled["edges"]}
 
 
 class ScoreUniqueTexts(beam.PTransform):
@@ -513,10 +524,10 @@ class ScoreUniqueTexts(beam.PTransform):
         scored = joined["batches"] | "ScoreEmbeddings" >> RunModel(
             handler_for(ScoreEmbeddingsHandler, cfg, shared), _rows_failed,
             fail_fast=cfg.fail_fast)
-        labels = scored["scored"] | "Threshold" >> Threshold(cfg)
+        labelled = scored["scored"] | "Threshold" >> Threshold(cfg)
         rejects = ((checked["rejects"], joined["rejects"], scored["failed"])
                    | "MergeRejects" >> beam.Flatten())
-        return {"labels": labels, "rejects": rejects}
+        return {"labels": labelled["labels"], "rejects": rejects, "edges": labelled["edges"]}
 
 
 # --- WriteResults -----------------------------------------------------------------------
@@ -591,31 +602,68 @@ class CountDistinctIds(beam.PTransform):
         )
 
 
+def _group_tables(edge_tables: list, max_group_size: int):
+    edges = (pa.concat_tables(edge_tables) if edge_tables
+             else pa.table({"left": pa.array([], pa.string()), "right": pa.array([], pa.string())}))
+    table = groups.connected_groups(edges["left"], edges["right"])
+    return table, groups.group_stats(table, max_group_size).to_dict()
+
+
+class Groups(beam.PTransform):
+    """Duplicate edges -> {'files': the written OUT/_staging/RUN_ID/groups/ files,
+    'stats': one dict (groups, records, size histogram, largest)}. The edges are gathered
+    on one worker (at most --max-group-edges) and grouped there
+    (`groups.connected_groups`)."""
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, edges):
+        cfg = self.cfg
+        grouped = (
+            edges
+            | "Gather" >> beam.CombineGlobally(groups.EdgesFn(cfg.max_group_edges))
+            | "Components" >> beam.Map(_group_tables, cfg.max_group_size)
+        )
+        schema = groups.group_schema(cfg.input_schema.field(cfg.group_by[0]).type)
+        files = (
+            grouped
+            | "Table" >> beam.Map(lambda pair: pair[0])
+            | "Write" >> WriteToParquetBatched(
+                join(pio.staging(cfg.output, cfg.run_id), pio.GROUPS, "part"),
+                schema=schema, file_name_suffix=".parquet")
+        )
+        return {"files": files, "stats": grouped | "Stats" >> beam.Map(lambda pair: pair[1])}
+
+
 class _FinalizeFn(beam.DoFn):
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
 
-    def process(self, _, label_files, reject_files, duplicates, distinct_ids):
+    def process(self, _, label_files, reject_files, duplicates, distinct_ids, group_files,
+                group_stats):
         from pipeline import publish
 
         yield publish.finalize_run(self.cfg, sorted(label_files), sorted(reject_files),
-                                   duplicates, distinct_ids)
+                                   duplicates, distinct_ids, sorted(group_files),
+                                   group_stats[0] if group_stats else None)
 
 
 class Finalize(beam.PTransform):
-    """(label tables, {'labels', 'rejects'}: the files both writes finished) -> the
-    summary written. The job's last step: it takes both writes' outputs as side inputs,
-    so it runs after both have finished, on every runner; it counts, checks and
-    publishes (`pipeline.publish.finalize_run`). Duplicates and distinct ids are counted
-    here, exactly, by combiners over the label tables (ids bucketed by hash, so no
-    worker holds more than a bucket's distinct ids)."""
+    """(label tables, {'labels', 'rejects'}: the files both writes finished, the Groups
+    output: {'files', 'stats'}, empty without --group-by) -> the summary written. The
+    job's last step: it takes every write's output as a side input, so it runs after all
+    have finished, on every runner; it
+    counts, checks and publishes (`pipeline.publish.finalize_run`). Duplicates and
+    distinct ids are counted here, exactly, by combiners over the label tables."""
 
     def __init__(self, cfg: JobConfig):
         super().__init__()
         self.cfg = cfg
 
     def expand(self, inputs):
-        labels, written = inputs
+        labels, written, grouped = inputs
         cfg = self.cfg
         duplicates = (
             labels
@@ -634,5 +682,7 @@ class Finalize(beam.PTransform):
                 beam.pvalue.AsList(written["rejects"]),
                 beam.pvalue.AsSingleton(duplicates),
                 beam.pvalue.AsSingleton(distinct_ids),
+                beam.pvalue.AsList(grouped["files"]),
+                beam.pvalue.AsList(grouped["stats"]),
             )
         )

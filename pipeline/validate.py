@@ -7,7 +7,8 @@ import pyarrow.compute as pc
 
 REASON = "reason"
 # In the order they are checked: a row gets the first reason that applies.
-REASONS = ("null_id", "empty_id", "null_text", "empty_text", "invalid_text", "no_tokens")
+REASONS = ("null_id", "empty_id", "null_record_id", "null_text", "empty_text", "invalid_text",
+           "no_tokens")
 # Rows whose model batch failed after its retries (pipeline.stages.RunModel).
 MODEL_ERROR = "model_error"
 
@@ -87,9 +88,12 @@ def decode_dictionaries(table: pa.Table) -> pa.Table:
 
 
 def validate_table(
-    table: pa.Table, id_column: str, text_columns: tuple[str, str]
+    table: pa.Table, id_column: str, text_columns: tuple[str, str],
+    record_columns: tuple[str, ...] = (),
 ) -> tuple[pa.Table, pa.Table]:
-    """(valid rows, rejected rows + `reason`). Every input row lands in exactly one."""
+    """(valid rows, rejected rows + `reason`). Every input row lands in exactly one.
+    `record_columns` (--group-by) must not be null: a pair naming no record cannot be
+    grouped."""
     ids = table[id_column]
     # An all-null column may come typed null (e.g. from pandas); the checks need strings.
     texts = [
@@ -106,6 +110,8 @@ def validate_table(
     checks = [("null_id", pc.is_null(ids))]
     if _is_text(ids):
         checks.append(("empty_id", _blank(ids)))
+    for col in record_columns:
+        checks.append(("null_record_id", pc.is_null(table[col])))
     checks.append(("null_text", pc.or_(pc.is_null(texts[0]), pc.is_null(texts[1]))))
     checks.append(("empty_text", pc.or_(_blank(texts[0]), _blank(texts[1]))))
     checks.append(("invalid_text", invalid))

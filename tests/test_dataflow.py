@@ -267,7 +267,9 @@ def test_the_final_step_runs_on_dataflow_after_both_writes(no_network):
     payload = beam_runner_api_pb2.ParDoPayload.FromString(publish.spec.payload)
     side = [publish.inputs[tag] for tag in payload.side_inputs]
     sources = sorted(producer[p] for p in side)
-    assert len(sources) == 4, sources  # labels, rejects, duplicates, distinct ids
+    # labels, rejects, duplicates, distinct ids, and the groups' files and stats (empty
+    # without --group-by)
+    assert len(sources) == 6, sources
     assert any(s.startswith("WriteResults/WriteLabels/") for s in sources), sources
     assert any(s.startswith("WriteResults/WriteRejects/") for s in sources), sources
     assert job.dofn("Finalize/Publish").cfg.output == IO[1].split("=")[1]

@@ -1,0 +1,194 @@
+"""Duplicate groups (--group-by): connected components of the duplicate edges, equal to
+an independent union-find, with group ids stable across runs; and the job writing them."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import groups, job
+from pipeline.io import JobError
+
+
+def _union_find(edges):
+    """{record: group id} by a plain union-find: the oracle."""
+    parent = {}
+
+    def find(x):
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)  # the smaller id is the root
+    members = {}
+    for x in list(parent):
+        members.setdefault(find(x), []).append(x)
+    return {x: (min(m), len(m)) for m in members.values() if len(m) >= 2 for x in m}
+
+
+def _as_dict(table):
+    return {r: (g, s) for r, g, s in zip(table[groups.RECORD_ID].to_pylist(),
+                                         table[groups.GROUP_ID].to_pylist(),
+                                         table[groups.GROUP_SIZE].to_pylist())}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(-20, 40), st.integers(-20, 40)), max_size=120))
+def test_groups_equal_an_independent_union_find(edges):
+    left = pa.array([a for a, _ in edges], pa.int64())
+    right = pa.array([b for _, b in edges], pa.int64())
+    table = groups.connected_groups(left, right)
+    assert _as_dict(table) == _union_find(edges)
+    # Records in id order, each once; types as given.
+    ids = table[groups.RECORD_ID].to_pylist()
+    assert ids == sorted(set(ids)) and table.schema.field(groups.RECORD_ID).type == pa.int64()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdefghij"), st.sampled_from("abcdefghij")),
+                max_size=40))
+def test_string_ids_group_by_their_own_order(edges):
+    table = groups.connected_groups(pa.array([a for a, _ in edges], pa.string()),
+                                    pa.array([b for _, b in edges], pa.string()))
+    assert _as_dict(table) == _union_find(edges)
+
+
+def test_self_pairs_repeats_and_reversed_pairs():
+    edges = [("a", "a"), ("b", "c"), ("b", "c"), ("c", "b"), ("d", "d")]
+    table = groups.connected_groups(pa.array([a for a, _ in edges]),
+                                    pa.array([b for _, b in edges]))
+    # A self-pair alone is no group of two; a pair listed twice or reversed is one edge.
+    assert _as_dict(table) == {"b": ("b", 2), "c": ("b", 2)}
+
+
+def test_a_group_that_grows_keeps_its_id():
+    night1 = groups.connected_groups(pa.array([5, 7]), pa.array([7, 9]))
+    night2 = groups.connected_groups(pa.array([5, 7, 9]), pa.array([7, 9, 12]))
+    assert set(night1[groups.GROUP_ID].to_pylist()) == set(night2[groups.GROUP_ID].to_pylist())
+    assert _as_dict(night2)[12] == (5, 4)
+
+
+def test_stats_histogram_largest_and_over_max():
+    edges = [(i, i + 1) for i in range(30)] + [(100, 101), (200, 201), (200, 202)]
+    table = groups.connected_groups(pa.array([a for a, _ in edges]),
+                                    pa.array([b for _, b in edges]))
+    stats = groups.group_stats(table, max_group_size=10).to_dict()
+    assert (stats["groups"], stats["records"]) == (3, 31 + 2 + 3)
+    assert stats["size_histogram"] == {"2": 1, "3": 1, "17-32": 1}
+    assert stats["largest"] == {"group_id": 0, "size": 31}
+    assert stats["over_max_group_size"] == [{"group_id": 0, "size": 31}]
+
+
+def test_too_many_edges_are_refused_naming_the_flag():
+    fn = groups.EdgesFn(max_edges=5)
+    acc = fn.add_input(fn.create_accumulator(), pa.table({"left": [1, 2, 3], "right": [2, 3, 4]}))
+    with pytest.raises(groups.TooManyEdges, match="--max-group-edges"):
+        fn.add_input(acc, pa.table({"left": [5, 6, 7], "right": [6, 7, 8]}))
+
+
+# --- the job ----------------------------------------------------------------------------
+
+
+def _write(path, rows):
+    pair_id, left, right, a, b = zip(*rows)
+    pq.write_table(pa.table({
+        "pair_id": list(pair_id), "left_id": pa.array(left, pa.int64()),
+        "right_id": pa.array(right, pa.int64()), "text_a": list(a), "text_b": list(b)}),
+        path)
+
+
+SAME, OTHER = "how do i learn python quickly", "the cat sat on the mat all day long"
+
+
+def test_the_job_writes_groups_of_the_duplicate_pairs(tmp_path, bilstm_model, caplog):
+    rows = [
+        ("p1", 10, 11, SAME, SAME),  # identical texts: a duplicate at threshold 0.5 or less
+        ("p2", 11, 12, SAME, SAME),
+        ("p3", 12, 10, SAME, SAME),  # closes the triangle
+        ("p4", 20, 20, SAME, SAME),  # a self-pair: no group
+        ("p5", 30, 31, SAME, OTHER),
+        ("p6", None, 41, SAME, SAME),  # names no record: rejected, never grouped
+    ]
+    src, out = tmp_path / "pairs.parquet", tmp_path / "out"
+    _write(src, rows)
+    result = job.run(["--input", str(src), "--output", str(out), "--model", bilstm_model,
+                      "--group-by", "left_id,right_id", "--threshold", "0.0",
+                      "--max-group-size", "3"])
+    # At threshold 0 every scored pair is a duplicate: {10, 11, 12}, {30, 31}.
+    got = pq.read_table(out / "groups")
+    assert got.schema.field("record_id").type == pa.int64()
+    assert _as_dict(got) == {10: (10, 3), 11: (10, 3), 12: (10, 3), 30: (30, 2), 31: (30, 2)}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["groups"]["groups"] == 2 and summary["groups"]["records"] == 5
+    assert summary["groups"]["largest"] == {"group_id": 10, "size": 3}
+    assert summary["rejected_by_reason"] == {"null_record_id": 1}
+    assert result.summary["scored"] == 5
+    rejects = pq.read_table(out / "rejects")
+    assert rejects["pair_id"].to_pylist() == ["p6"]
+    assert not any("more than --max-group-size" in r.getMessage() for r in caplog.records)
+
+    # Over --max-group-size: a warning naming the group.
+    job.run(["--input", str(src), "--output", str(out), "--model", bilstm_model,
+             "--group-by", "left_id,right_id", "--threshold", "0.0", "--max-group-size", "2",
+             "--overwrite"])
+    assert any("group 10 has 3 records, more than --max-group-size 2" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_without_group_by_there_are_no_groups(tmp_path, bilstm_model):
+    src, out = tmp_path / "pairs.parquet", tmp_path / "out"
+    _write(src, [("p1", 1, 2, SAME, SAME)])
+    job.run(["--input", str(src), "--output", str(out), "--model", bilstm_model])
+    assert not (out / "groups").exists()
+    assert json.loads((out / "summary.json").read_text())["groups"] is None
+
+
+def test_group_by_errors_name_the_flag(tmp_path, bilstm_model):
+    src = tmp_path / "pairs.parquet"
+    _write(src, [("p1", 1, 2, SAME, SAME)])
+    base = ["--input", str(src), "--output", str(tmp_path / "o"), "--model", bilstm_model]
+    with pytest.raises(JobError, match="--group-by 'left_id': give two columns"):
+        job.run([*base, "--group-by", "left_id"])
+    with pytest.raises(JobError, match="required column 'nope' is missing"):
+        job.run([*base, "--group-by", "left_id,nope"])
+    table = pq.read_table(src)
+    table = table.set_column(2, "right_id", pc.cast(table["right_id"], pa.string()))
+    pq.write_table(table, src)
+    with pytest.raises(JobError, match="different types"):
+        job.run([*base, "--group-by", "left_id,right_id"])
+
+
+def test_too_many_duplicate_edges_fail_the_job_naming_the_flag(tmp_path, bilstm_model):
+    src, out = tmp_path / "pairs.parquet", tmp_path / "out"
+    _write(src, [(f"p{i}", i, i + 1, SAME, SAME) for i in range(6)])
+    with pytest.raises(JobError, match="--max-group-edges"):
+        job.run(["--input", str(src), "--output", str(out), "--model", bilstm_model,
+                 "--group-by", "left_id,right_id", "--threshold", "0.0",
+                 "--max-group-edges", "3"])
+    assert not (out / "_SUCCESS").exists()
+
+
+def test_large_graph_has_the_components_built_in():
+    """Chains, stars and cliques of known sizes, shuffled: exact sizes and ids."""
+    rng = np.random.default_rng(0)
+    edges = []
+    edges += [(i, i + 1) for i in range(0, 999)]  # a chain of 1000
+    edges += [(5000, 5000 + k) for k in range(1, 300)]  # a star of 300
+    clique = range(9000, 9030)
+    edges += [(a, b) for a in clique for b in clique if a < b]  # a clique of 30
+    order = rng.permutation(len(edges))
+    left = pa.array([edges[i][0] for i in order])
+    right = pa.array([edges[i][1] for i in order])
+    stats = groups.group_stats(groups.connected_groups(left, right)).to_dict()
+    assert stats["groups"] == 3 and stats["records"] == 1000 + 300 + 30
+    assert stats["largest"] == {"group_id": 0, "size": 1000}
