@@ -82,7 +82,7 @@ class ScoreOptions(PipelineOptions):
                             "(usually a threshold too low)")
         parser.add_argument("--max-group-edges", "--max_group_edges", dest="max_group_edges",
                             type=int, default=20_000_000,
-                            help="most duplicate edges grouped on one worker (about 60 "
+                            help="most duplicate edges grouped on one worker (about 120 "
                             "bytes each); more fails the job naming this flag")
         parser.add_argument("--detach", action="store_true", default=False,
                             help="submit the job and return without waiting (Dataflow, "
