@@ -1,10 +1,12 @@
-"""Storage around the job: checks before any work, output layout, summary and _SUCCESS.
+"""Storage around the job: the input scan and checks before any work, the output's
+layout, check and clearing, the run marker, and reading the pinned input.
 
 Everything goes through Beam's `FileSystems`, so local paths, gs:// and s3:// behave alike.
 
-While the job runs, Beam writes under OUT/_staging/ (a leading underscore hides it from
-Parquet dataset readers such as pyarrow, Spark and Hive). Only after the rows add up are
-the files moved to OUT/labels/ and OUT/rejects/, then summary.json and _SUCCESS written.
+While the job runs, Beam writes under OUT/_staging/RUN_ID/ (a leading underscore hides it
+from Parquet dataset readers such as pyarrow, Spark and Hive). The pipeline's last step
+(`pipeline.publish`) moves the files to OUT/labels/, OUT/rejects/ (and OUT/groups/) once
+the rows add up, then writes summary.json and _SUCCESS.
 """
 
 from __future__ import annotations
@@ -458,10 +460,6 @@ def _match(pattern: str) -> list:
         return FileSystems.match([pattern])[0].metadata_list
     except Exception:  # noqa: BLE001  (no such directory)
         return []
-
-
-def output_files(output: str, kind: str) -> list[str]:
-    return sorted(m.path for m in _match(join(output, kind, "*.parquet")))
 
 
 def staging(output: str, run_id: str) -> str:
