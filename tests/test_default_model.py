@@ -81,6 +81,7 @@ def _labelled(path, n=24):
     return np.array(y)
 
 
+@pytest.mark.slow  # real training runs: `make test-slow`
 def test_calibrated_default_model_is_even_odds_at_the_fitted_cosine(tmp_path, default_model):
     from sklearn.linear_model import LogisticRegression
 

@@ -127,6 +127,7 @@ def test_training_learns_what_shuffled_labels_cannot_teach(tmp_path, capsys):
     assert real["accuracy"] > control["accuracy"] + 0.25, (real, control)
 
 
+@pytest.mark.slow  # real training runs: `make test-slow`
 def test_train_bert_from_a_preset_directory(tmp_path, tiny_bert_preset, capsys):
     rows = labelled_pairs(48)
     train, val = tmp_path / "train.parquet", tmp_path / "val.parquet"

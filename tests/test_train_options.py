@@ -186,6 +186,7 @@ def test_best_epoch_by_val_auc_is_the_one_exported(frozen_run, binary_data):
 # No Keras warning either: an unused pooler left trainable ("Gradients do not exist") and
 # fit's default shuffle on a dataset both used to warn at every epoch.
 @pytest.mark.filterwarnings("error::UserWarning")
+@pytest.mark.slow  # real training runs: `make test-slow`
 def test_freeze_epochs_with_bert(binary_data, tmp_path, tiny_bert_preset):
     snaps = _Snapshots()
     cfg = _cfg(
@@ -230,6 +231,7 @@ def test_parse_class_weight():
         parse_class_weight("0:-1,1:1", labels)
 
 
+@pytest.mark.slow  # real training runs: `make test-slow`
 def test_class_weights_shift_the_scores(binary_data, tmp_path):
     means = {}
     for spec in ("0:4,1:0.25", "0:0.25,1:4"):
@@ -266,6 +268,7 @@ def test_dropout_reaches_the_trained_head(frozen_run):
 # -- graded data -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # real training runs: `make test-slow`
 def test_graded_similarity_target(graded_data, tmp_path):
     cfg = _cfg(
         graded_data,
@@ -291,6 +294,7 @@ def test_graded_data_needs_a_target(graded_data, tmp_path):
         train(_cfg(graded_data, tmp_path / "m"))
 
 
+@pytest.mark.slow  # real training runs: `make test-slow`
 def test_cli_threshold_target_with_class_weights(graded_data, tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(
@@ -341,6 +345,7 @@ def test_cli_threshold_target_with_class_weights(graded_data, tmp_path, capsys):
 # -- cross-validation --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # real training runs: `make test-slow`
 def test_cross_validation_holds_out_each_fold_once(binary_data, tmp_path, capsys):
     out = tmp_path / "cv"
     code = main(
