@@ -170,6 +170,18 @@ def train_command(argv: list[str]) -> int:
     return 0
 
 
+def _labelled_pair_options(p: CommandParser, defaults: dict) -> None:
+    """The columns of labelled pairs and the batch size, shared by evaluate and threshold."""
+    p.add_argument("--text-a-column", default=defaults["text_a_column"],
+                   help="column of the first texts")
+    p.add_argument("--text-b-column", default=defaults["text_b_column"],
+                   help="column of the second texts")
+    p.add_argument("--label-column", default=defaults["label_column"],
+                   help="column of 0/1 labels")
+    p.add_argument("--batch-size", type=int, default=defaults["batch_size"],
+                   help="pairs per model call")
+
+
 def evaluate_parser() -> CommandParser:
     from model.evaluate import evaluate
 
@@ -179,16 +191,9 @@ def evaluate_parser() -> CommandParser:
                    help="model directory (local, gs:// or s3://); repeat it to compare "
                    "models on the same data")
     p.add_argument("--data", required=True, help="Parquet, CSV or TSV with labels or similarity")
-    p.add_argument("--text-a-column", default=defaults["text_a_column"],
-                   help="column of the first texts")
-    p.add_argument("--text-b-column", default=defaults["text_b_column"],
-                   help="column of the second texts")
-    p.add_argument("--label-column", default=defaults["label_column"],
-                   help="column of 0/1 labels")
+    _labelled_pair_options(p, defaults)
     p.add_argument("--similarity-column", default=defaults["similarity_column"],
                    help="column of graded similarity")
-    p.add_argument("--batch-size", type=int, default=defaults["batch_size"],
-                   help="pairs per model call")
     p.add_argument("--duplicate-similarity", type=float,
                    default=defaults["duplicate_similarity"],
                    help="graded data without labels: the similarity that counts as a "
@@ -274,14 +279,7 @@ def threshold_parser() -> CommandParser:
                    help="confidence of the one-sided exact (Clopper-Pearson) bound")
     p.add_argument("--output", required=True,
                    help="new model directory: --model's files, this threshold")
-    p.add_argument("--text-a-column", default=defaults["text_a_column"],
-                   help="column of the first texts")
-    p.add_argument("--text-b-column", default=defaults["text_b_column"],
-                   help="column of the second texts")
-    p.add_argument("--label-column", default=defaults["label_column"],
-                   help="column of 0/1 labels")
-    p.add_argument("--batch-size", type=int, default=defaults["batch_size"],
-                   help="pairs per model call")
+    _labelled_pair_options(p, defaults)
     return p
 
 
