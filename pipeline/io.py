@@ -360,15 +360,17 @@ def _pid_started(pid: int) -> int | None:
         return None
 
 
-def _read_marker(path: str) -> dict | None:
+def _read_marker(path: str, attempts: int = 3) -> dict | None:
     """The marker's record; None when there is none; {} when it is unreadable."""
     try:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             data = f.read()
     except Exception:  # noqa: BLE001  (BeamIOError wraps each scheme's not-found)
-        if FileSystems.exists(path):
-            raise
-        return None
+        if not FileSystems.exists(path):
+            return None
+        if attempts > 1:  # another launcher created it between the open and the check
+            return _read_marker(path, attempts - 1)
+        raise
     try:
         record = json.loads(data)
     except ValueError:
