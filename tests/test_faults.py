@@ -52,6 +52,7 @@ def _files(out):
 # --- SIGKILL midway, then a rerun ----------------------------------------------------
 
 
+@pytest.mark.slow  # a real subprocess run end to end: `make test-slow`
 def test_sigkill_midway_leaves_nothing_final_and_the_rerun_is_exact(tmp_path, bilstm_model):
     src, out = tmp_path / "pairs.parquet", tmp_path / "out"
     table = _distinct_sample(12_000, seed=7)

@@ -178,6 +178,7 @@ def test_bert_model_through_the_job(tmp_path, bert_model):
     np.testing.assert_allclose([got[r[0]] for r in PAIRS], want, atol=1e-5)
 
 
+@pytest.mark.slow  # a real subprocess run end to end: `make test-slow`
 def test_cli_score_end_to_end(tmp_path, bilstm_model):
     src = tmp_path / "cli.parquet"
     write_pairs(src, PAIRS + BAD_ROWS)
