@@ -56,7 +56,8 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str) -> None:
+def _save(fig, path) -> None:
+    """Write `fig` as a PNG to `path` (a file name or a binary file object) and close it."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
@@ -201,17 +202,37 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
+def _figure_block(name: str, caption: str, png: bytes, source: str | None = None) -> str:
+    """One <figure id=name>, the PNG inline as a data: URI; `source` names its file."""
+    data = base64.b64encode(png).decode("ascii")
+    caption = html.escape(caption)
+    shown = f"{caption} ({html.escape(source)})" if source else caption
+    return (
+        f'<figure id="{name}"><img alt="{caption}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{shown}</figcaption></figure>"
+    )
+
+
 def _figure_blocks(figures: dict[str, str], captions: dict[str, str]) -> str:
     blocks = []
     for name, png in figures.items():
         with open(png, "rb") as f:
-            data = base64.b64encode(f.read()).decode("ascii")
-        caption = html.escape(captions[name])
-        blocks.append(
-            f'<figure id="{name}"><img alt="{caption}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{caption} ({name}.png)</figcaption></figure>"
-        )
+            blocks.append(_figure_block(name, captions[name], f.read(), f"{name}.png"))
     return "".join(blocks)
+
+
+# The pages' shared look (also pipeline/report.py's run report).
+STYLE = """\
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin-bottom: 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.8em; text-align: left; }
+td { font-variant-numeric: tabular-nums; }
+td.best { font-weight: bold; }
+figure { display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }
+img { max-width: 100%; }
+.note { color: #a40; }
+.meta { color: #666; font-size: 0.9em; }
+"""
 
 
 def _page(title: str, meta: str, notes: list[str], table: str, figures: str) -> str:
@@ -220,16 +241,7 @@ def _page(title: str, meta: str, notes: list[str], table: str, figures: str) -> 
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3em 0.8em; text-align: left; }}
-td {{ font-variant-numeric: tabular-nums; }}
-td.best {{ font-weight: bold; }}
-figure {{ display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }}
-img {{ max-width: 100%; }}
-.note {{ color: #a40; }}
-.meta {{ color: #666; font-size: 0.9em; }}
-</style></head>
+{STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
 <p class=meta>{meta}, written {now}</p>
