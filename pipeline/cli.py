@@ -3,6 +3,7 @@
     pairscore default-model --output models/default
     pairscore sample --output data/sample.parquet --pairs 1000
     pairscore score --input 'data/*.parquet' --output out/ --model models/default
+    pairscore publish out/ --accept        (a run a gate held back, once looked at)
     pairscore train --train pairs.parquet --encoder bilstm --distance l1 --output models/m
     pairscore evaluate --model models/m --data dev.parquet
     pairscore threshold --model models/m --labelled dev.parquet --target-precision 0.95 \
@@ -30,13 +31,42 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def _score(argv: list[str]) -> int:
+    from pipeline.io import GATED_EXIT, JobGated
     from pipeline.job import JobError, run
 
     try:
         run(argv)
+    except JobGated as e:
+        print(f"pairscore score: gated: {e}", file=sys.stderr)
+        return GATED_EXIT
     except JobError as e:
         print(f"pairscore score: error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _publish(argv: list[str]) -> int:
+    p = _parser("pairscore publish",
+                "Publish a run that a gate held back, after a person has looked at its "
+                "report: the staged output moves into place and _SUCCESS is written, "
+                "without scoring again (the staged rows are counted again first).")
+    p.add_argument("output", help="the gated run's output directory (local, gs://, s3://)")
+    p.add_argument("--accept", action="store_true", required=True,
+                   help="yes, publish it: its figures were looked at and are fine")
+    p.add_argument("--stale-run-after", type=float, default=None, metavar="SECONDS",
+                   help="as for pairscore score: a run marker older than this is stale")
+    args = p.parse_args(argv)
+    from pipeline import publish
+    from pipeline.io import STALE_RUN_AFTER_S, JobError
+
+    try:
+        summary = publish.accept_run(args.output, args.stale_run_after or STALE_RUN_AFTER_S)
+    except JobError as e:
+        print(f"pairscore publish: error: {e}", file=sys.stderr)
+        return 2
+    gates = ", ".join(g["flag"] for g in summary["accepted"]["gates"])
+    print(f"published run {summary['run_id']} in {args.output} ({summary['scored']} scored, "
+          f"{summary['rejected']} rejected), accepted over {gates}")
     return 0
 
 
@@ -56,6 +86,7 @@ def _sample(argv: list[str]) -> int:
 COMMANDS = {
     **model_cli.COMMANDS,
     "score": _score,
+    "publish": _publish,
     "sample": _sample,
 }
 

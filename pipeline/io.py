@@ -40,6 +40,8 @@ s3clients.share()
 LABELS = "labels"
 REJECTS = "rejects"
 GROUPS = "groups"
+REVIEW = "review"
+REPORT = "report.html"
 SUMMARY = "summary.json"
 SUCCESS = "_SUCCESS"
 STAGING = "_staging"
@@ -49,6 +51,15 @@ log = logging.getLogger("pairscore.io")
 
 class JobError(Exception):
     """A problem found before or after the job that the user must fix; exit non-zero."""
+
+
+class JobGated(JobError):
+    """The job ran, but a gate held its output back (exit GATED_EXIT): summary.json and
+    report.html say which gate, with the figures; `pairscore publish OUT --accept`."""
+
+
+# `pairscore score`'s exit status when a gate held the run back (2 is bad input).
+GATED_EXIT = 3
 
 
 @dataclasses.dataclass
@@ -148,14 +159,15 @@ def check_output(output: str, overwrite: bool) -> None:
 
 def clear_previous_output(output: str) -> None:
     """Delete what an earlier (finished or crashed) run left, so that no stale file
-    survives: _SUCCESS, summary.json, labels/, rejects/ and _staging/. Leaves the run
-    marker alone; call it only while holding that marker."""
+    survives: _SUCCESS, summary.json, report.html, labels/, rejects/, groups/, review/ and
+    _staging/. Leaves the run marker alone; call it only while holding that marker."""
     # _SUCCESS first, so that a reader never sees it beside a half-cleared output; then
     # files before the directories holding them.
-    stale = [join(output, SUCCESS), join(output, SUMMARY)]
-    for kind in (LABELS, REJECTS, GROUPS, STAGING):
+    stale = [join(output, SUCCESS), join(output, SUMMARY), join(output, REPORT)]
+    kinds = (LABELS, REJECTS, GROUPS, REVIEW, STAGING)
+    for kind in kinds:
         stale += [m.path for m in _match(join(output, kind, "*"))]
-    stale += [join(output, kind) for kind in (LABELS, REJECTS, GROUPS, STAGING)]
+    stale += [join(output, kind) for kind in kinds]
     for path in stale:
         if not (FileSystems.exists(path) or FileSystems.exists(path + "/")):
             continue

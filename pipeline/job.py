@@ -34,7 +34,7 @@ from apache_beam.runners.runner import PipelineResult
 from model.config import ModelDirError
 from model.modeldir import ModelDir
 from pipeline import io as pio
-from pipeline import planning, profiles, publish, stages
+from pipeline import monitor, planning, profiles, publish, stages
 from pipeline.io import JobError
 from pipeline.options import ScoreOptions, check_known_flags
 from pipeline.validate import ERROR, REASON
@@ -80,6 +80,15 @@ class JobConfig:
     group_by: tuple[str, str] | None = None  # --group-by: each side's record id column
     max_group_size: int = 1000
     max_group_edges: int = 20_000_000
+    # The morning check (pipeline/monitor.py): baseline figures, gate limits by name,
+    # canary pairs (in the input schema, ids 0..n-1) and their labels, review size.
+    baseline: dict | None = None
+    gates: dict = dataclasses.field(default_factory=dict)
+    canaries: pa.Table | None = None
+    canary_labels: list = dataclasses.field(default_factory=list)
+    canary_file: str | None = None
+    review_pairs: int = 1000
+    canary_branch: bool = False  # this config scores the canaries, not the night's pairs
 
     @property
     def fail_fast(self) -> bool:
@@ -146,6 +155,16 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
     # CPU: 128 pads less than 256 (finer length groups) at the same model cost per token.
     batch_size = opts.batch_size or (1024 if gpu else 128)
     max_tokens = opts.max_batch_tokens or batch_size * (64 if gpu else 32)
+    gates = _gate_limits(opts)
+    if opts.review_pairs < 0:
+        raise JobError(f"--review-pairs {opts.review_pairs}: give 0 (none) or more")
+    baseline = canaries = None
+    canary_labels = []
+    if opts.baseline and not dry_run:
+        baseline = monitor.read_baseline(opts.baseline)
+    if opts.canaries and not dry_run:
+        canaries, canary_labels = monitor.read_canaries(
+            opts.canaries, scan.schema, opts.id_column, text_columns)
     if not dry_run:
         pio.check_output(opts.output, opts.overwrite)
     tok = meta.get("tokenizer", {})
@@ -181,7 +200,33 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         group_by=group_by,
         max_group_size=opts.max_group_size,
         max_group_edges=opts.max_group_edges,
+        baseline=baseline,
+        gates=gates,
+        canaries=canaries,
+        canary_labels=canary_labels,
+        canary_file=opts.canaries,
+        review_pairs=opts.review_pairs,
     )
+
+
+def _gate_limits(opts: ScoreOptions) -> dict:
+    """The gates set, by name, after checking each limit and what it needs."""
+    limits = {g.name: getattr(opts, g.name) for g in monitor.GATES}
+    for gate in monitor.GATES:
+        limit = limits[gate.name]
+        if limit is None:
+            continue
+        top = None if gate.name == "max_score_psi" else 1.0
+        if limit < 0 or (top is not None and limit > top):
+            raise JobError(f"{gate.flag} {limit:g} is outside "
+                           + ("[0, inf)" if top is None else "[0, 1]"))
+    for name in ("max_score_psi", "max_duplicate_rate_change"):
+        if limits[name] is not None and not opts.baseline:
+            raise JobError(f"{monitor.GATES_BY_NAME[name].flag} compares with a baseline: "
+                           "give --baseline PREVIOUS_OUT (a finished run's output)")
+    if limits["min_canary_accuracy"] is not None and not opts.canaries:
+        raise JobError("--min-canary-accuracy needs --canaries FILE (labelled pairs)")
+    return {k: v for k, v in limits.items() if v is not None}
 
 
 def _group_by(value: str | None) -> tuple[str, str] | None:
@@ -214,6 +259,7 @@ def build(p: beam.Pipeline, cfg: JobConfig, dry_run: bool = False):
     # A dry run resolves no files: the graph reads the pattern.
     files = cfg.input_files or [cfg.input]
     pairs = p | "ReadPairs" >> pio.ReadPairs(files)
+    p | "Progress" >> stages.Progress(cfg.rows_in)
     if cfg.plan.mode == "unique":
         # Read twice rather than hold every pair until the embeddings are ready.
         texts = p | "ReadTexts" >> pio.ReadPairs(files)
@@ -221,12 +267,19 @@ def build(p: beam.Pipeline, cfg: JobConfig, dry_run: bool = False):
     else:
         results = pairs | "ScorePairs" >> stages.ScorePairs(cfg)
     written = results | "WriteResults" >> stages.WriteResults(cfg)
+    def nothing(name):
+        return p | name >> beam.Create([])
+
     if cfg.group_by:
         grouped = results["edges"] | "Groups" >> stages.Groups(cfg)
     else:
-        grouped = {"files": p | "NoGroupFiles" >> beam.Create([]),
-                   "stats": p | "NoGroupStats" >> beam.Create([])}
-    return (results["labels"], written, grouped) | "Finalize" >> stages.Finalize(cfg)
+        grouped = {"files": nothing("NoGroupFiles"), "stats": nothing("NoGroupStats")}
+    review = (results["review"] | "Review" >> stages.Review(cfg) if cfg.review_pairs
+              else nothing("NoReview"))
+    canaries = (p | "Canaries" >> stages.Canaries(cfg) if cfg.canaries is not None
+                else nothing("NoCanaries"))
+    return {"labels": results["labels"], "written": written, "groups": grouped,
+            "review": review, "canaries": canaries} | "Finalize" >> stages.Finalize(cfg)
 
 
 def _pipeline_options(argv: list[str] | None) -> PipelineOptions:
@@ -300,7 +353,8 @@ def run(argv=None, save_main_session=False, test_pipeline=None) -> PipelineResul
         marker.release()
         summary = publish.read_summary(cfg.output)
         if summary is not None and summary.get("run_id") == cfg.run_id and summary.get("error"):
-            raise JobError(summary["error"]) from e
+            gated = summary.get("status") == publish.GATED
+            raise (pio.JobGated if gated else JobError)(summary["error"]) from e
         raise JobError(
             f"the job failed, {pio.SUCCESS} not written: {type(e).__name__}: {e}"
         ) from e

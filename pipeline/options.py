@@ -84,6 +84,32 @@ class ScoreOptions(PipelineOptions):
                             type=int, default=20_000_000,
                             help="most duplicate edges grouped on one worker (about 120 "
                             "bytes each); more fails the job naming this flag")
+        parser.add_argument("--baseline", default=None, metavar="PREVIOUS_OUT",
+                            help="a finished run's output directory: the report and "
+                            "summary.json compare this run's scores and rates with it")
+        parser.add_argument("--max-score-psi", "--max_score_psi", dest="max_score_psi",
+                            type=float, default=None,
+                            help="gate: hold the run back (exit 3, no _SUCCESS) when the "
+                            "scores' PSI against --baseline is above this (0.25: shifted)")
+        parser.add_argument("--max-duplicate-rate-change", "--max_duplicate_rate_change",
+                            dest="max_duplicate_rate_change", type=float, default=None,
+                            help="gate: hold the run back when the duplicate rate moved "
+                            "more than this (absolute, e.g. 0.05) from --baseline's")
+        parser.add_argument("--max-reject-rate", "--max_reject_rate", dest="max_reject_rate",
+                            type=float, default=None,
+                            help="gate: hold the run back when more than this share of "
+                            "rows_in is rejected")
+        parser.add_argument("--canaries", default=None, metavar="FILE",
+                            help="labelled pairs (text_a, text_b, label) scored with the "
+                            "run through the same path; their accuracy and F1 are reported")
+        parser.add_argument("--min-canary-accuracy", "--min_canary_accuracy",
+                            dest="min_canary_accuracy", type=float, default=None,
+                            help="gate: hold the run back when the canaries' accuracy at "
+                            "the run's threshold is below this")
+        parser.add_argument("--review-pairs", "--review_pairs", dest="review_pairs", type=int,
+                            default=1000,
+                            help="write the N pairs scored nearest the threshold to "
+                            "OUT/review/ for labelling; 0: none")
         parser.add_argument("--detach", action="store_true", default=False,
                             help="submit the job and return without waiting (Dataflow, "
                             "a scheduler): the pipeline's last step publishes and writes "

@@ -27,16 +27,23 @@ from apache_beam.io.filesystems import FileSystems
 
 from model.config import join
 from pipeline import io as pio
+from pipeline import monitor
 from pipeline.validate import MODEL_ERROR
 
 log = logging.getLogger("pairscore.publish")
 PUBLISHED = "published"
 WITHHELD = "withheld"
+GATED = "gated"
 
 
 class RunWithheld(RuntimeError):
     """The written rows do not add up, or too many failed in the model: summary.json says
     why; the output stays staged and no _SUCCESS is written."""
+
+
+class RunGated(RunWithheld):
+    """A gate tripped (--max-score-psi, ...): summary.json and report.html say which,
+    with the figures; the output stays staged until `pairscore publish OUT --accept`."""
 
 
 @dataclasses.dataclass
@@ -106,7 +113,8 @@ def _delete_tree(path: str) -> None:
             raise
 
 
-def summary_of(cfg, tally: Tally, duplicates: int, distinct_ids: int) -> dict:
+def summary_of(cfg, tally: Tally, duplicates: int, distinct_ids: int,
+               scores: dict | None = None) -> dict:
     """summary.json's fields (the README lists them)."""
     elapsed = max(time.time() - cfg.launched_at, 0.0)
     model_errors = tally.by_reason.get(MODEL_ERROR, 0)
@@ -117,6 +125,9 @@ def summary_of(cfg, tally: Tally, duplicates: int, distinct_ids: int) -> dict:
         "rejected": tally.rejected,
         "rejected_by_reason": dict(sorted(tally.by_reason.items())),
         "duplicates": duplicates,
+        "duplicate_rate": monitor.rate(duplicates, tally.scored),
+        "reject_rate": monitor.rate(tally.rejected, cfg.rows_in),
+        "scores": scores or monitor.histogram_dict(monitor.histogram([])),
         "duplicate_ids_scored": tally.scored - distinct_ids,
         "threshold": cfg.threshold,
         "model": cfg.model,
@@ -150,42 +161,138 @@ def withheld_because(cfg, summary: dict) -> str | None:
     return None
 
 
-def finalize_run(cfg, label_files: list[str], reject_files: list[str], duplicates: int,
-                 distinct_ids: int, group_files: list[str] = (),
-                 group_stats: dict | None = None) -> dict:
-    """The whole last step (see the module docstring); returns the summary written.
-    Raises RunWithheld, after writing summary.json, when the run must not publish."""
-    labels = [locate(cfg.output, p) for p in label_files]
-    rejects = [locate(cfg.output, p) for p in reject_files]
+def _rows(paths: list[str]) -> int:
+    total = 0
+    for path in paths:
+        with _open(path) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def write_report(output: str, summary: dict) -> None:
+    """OUT/report.html. A report that cannot be written is a warning, never a lost
+    night: summary.json, written next, says so in `report_error`."""
+    from pipeline import report
+
+    try:
+        report.write_report(output, summary)
+        summary["report_error"] = None
+    except Exception as e:  # noqa: BLE001  (plotting, storage: the labels still count)
+        log.warning("could not write %s: %s: %s", join(output, pio.REPORT),
+                    type(e).__name__, e)
+        summary["report_error"] = f"{type(e).__name__}: {e}"
+
+
+def _write_outcome(output: str, summary: dict) -> None:
+    write_report(output, summary)
+    pio.write_json(join(output, pio.SUMMARY), summary)
+
+
+def finalize_run(cfg, files: dict, duplicates: int, distinct_ids: int,
+                 scores: dict | None = None, group_stats: dict | None = None,
+                 canaries: dict | None = None) -> dict:
+    """The whole last step (see the module docstring); `files` holds the written files
+    by kind (labels, rejects, groups, review). Returns the summary written. Raises
+    RunWithheld (rows lost, model errors) or RunGated (a gate tripped) after writing
+    summary.json and report.html, when the run must not publish."""
+    labels = [locate(cfg.output, p) for p in files[pio.LABELS]]
+    rejects = [locate(cfg.output, p) for p in files[pio.REJECTS]]
     tally = count_written(labels, rejects)
-    summary = summary_of(cfg, tally, duplicates, distinct_ids)
+    summary = summary_of(cfg, tally, duplicates, distinct_ids, scores)
     summary["groups"] = group_stats
     for big in (group_stats or {}).get("over_max_group_size", []):
         log.warning("group %r has %d records, more than --max-group-size %d: one giant "
                     "component usually means a threshold too low", big["group_id"],
                     big["size"], cfg.max_group_size)
-    summary_path = join(cfg.output, pio.SUMMARY)
+    review = [locate(cfg.output, p) for p in files.get(pio.REVIEW, [])]
+    summary["review"] = ({"pairs": _rows(review), "path": join(cfg.output, pio.REVIEW)}
+                         if review else None)
+    summary["canaries"] = {"file": cfg.canary_file, **canaries} if canaries else None
+    summary["baseline"] = monitor.compare(summary, cfg.baseline) if cfg.baseline else None
+    summary["gates"] = monitor.check_gates(cfg.gates, summary)
     reason = withheld_because(cfg, summary)
     if reason is not None:
         summary.update(status=WITHHELD, error=reason)
-        pio.write_json(summary_path, summary)
+        _write_outcome(cfg.output, summary)
         # The run is over: the next one may take the output (and clear this staging).
         pio.release_run_marker(cfg.output, cfg.run_id)
-        raise RunWithheld(f"{reason} (see {summary_path})")
-    for p in group_files:
+        raise RunWithheld(f"{reason} (see {join(cfg.output, pio.SUMMARY)})")
+    staged = [p for kind in (pio.LABELS, pio.REJECTS, pio.GROUPS, pio.REVIEW)
+              for p in files.get(kind, [])]
+    for p in staged:
         locate(cfg.output, p)
-    publish_files(cfg.output, label_files + reject_files + list(group_files))
-    _delete_tree(pio.staging(cfg.output, cfg.run_id))
-    staging_root = join(cfg.output, pio.STAGING)
+    tripped = monitor.describe_tripped(summary["gates"])
+    if tripped:
+        summary.update(status=GATED, error=(
+            f"gated: {tripped}; {pio.SUCCESS} not written, output left in "
+            f"{pio.staging(cfg.output, cfg.run_id)}; look at {join(cfg.output, pio.REPORT)}, "
+            f"then `pairscore publish {cfg.output} --accept` publishes it"))
+        summary["staged_files"] = staged
+        _write_outcome(cfg.output, summary)
+        pio.release_run_marker(cfg.output, cfg.run_id)
+        raise RunGated(summary["error"])
+    _publish(cfg.output, cfg.run_id, staged, summary)
+    log.info("published %s: %d scored, %d rejected", cfg.output, tally.scored, tally.rejected)
+    return summary
+
+
+def _publish(output: str, run_id: str, staged: list[str], summary: dict,
+             marker_id: str | None = None) -> None:
+    """Move run `run_id`'s staged files into place, then write report.html, summary.json
+    and, last, _SUCCESS; release the run marker (`marker_id`'s, by default the run's)."""
+    publish_files(output, staged)
+    _delete_tree(pio.staging(output, run_id))
+    staging_root = join(output, pio.STAGING)
     if not pio._match(join(staging_root, "*")):
         _delete_tree(staging_root)
     summary.update(status=PUBLISHED, error=None)
-    pio.write_json(summary_path, summary)
+    _write_outcome(output, summary)
     # Not empty: Beam's S3 writer cannot create a zero-byte object (S3 rejects a
     # multipart upload with no parts).
-    pio.write_text(join(cfg.output, pio.SUCCESS), "ok\n")
-    pio.release_run_marker(cfg.output, cfg.run_id)
-    log.info("published %s: %d scored, %d rejected", cfg.output, tally.scored, tally.rejected)
+    pio.write_text(join(output, pio.SUCCESS), "ok\n")
+    pio.release_run_marker(output, marker_id or run_id)
+
+
+def accept_run(output: str, stale_run_after: float = pio.STALE_RUN_AFTER_S) -> dict:
+    """`pairscore publish OUT --accept`: publish a gated run after a person has looked
+    at it, without scoring again. Holds the output's run marker meanwhile, counts the
+    staged files again and publishes only if they still add up to the run's summary
+    (scored, rejected, rows_in). Returns the summary written; raises JobError."""
+    summary = read_summary(output)
+    if summary is None:
+        raise pio.JobError(f"{output}: no {pio.SUMMARY}; nothing to publish")
+    status = summary.get("status")
+    if status != GATED:
+        why = {PUBLISHED: "it is already published",
+               WITHHELD: f"it was withheld, not gated ({summary.get('error')}); run it again"}
+        raise pio.JobError(f"{output}: run {summary.get('run_id')} cannot be accepted: "
+                           + why.get(status, f"its status is {status!r}"))
+    run_id = summary["run_id"]
+    marker = pio.acquire_run_marker(output, f"accept-{run_id}", stale_run_after)
+    try:
+        staged = summary.get("staged_files") or []
+        try:
+            found = [locate(output, p) for p in staged]
+        except FileNotFoundError as e:
+            raise pio.JobError(f"{output}: cannot accept run {run_id}: {e}") from None
+        kinds = [published_path(output, p).rstrip("/").split("/")[-2] for p in staged]
+        tally = count_written([f for f, k in zip(found, kinds) if k == pio.LABELS],
+                              [f for f, k in zip(found, kinds) if k == pio.REJECTS])
+        expected = (summary["scored"], summary["rejected"])
+        if ((tally.scored, tally.rejected) != expected
+                or summary["rows_in"] != tally.scored + tally.rejected):
+            raise pio.JobError(
+                f"{output}: cannot accept run {run_id}: the staged files hold "
+                f"{tally.scored} scored + {tally.rejected} rejected rows, the run's summary "
+                f"says {expected[0]} + {expected[1]} of rows_in {summary['rows_in']}; "
+                "score the night again")
+        summary["accepted"] = {"at": pio._now().isoformat(), "by": pio._user(),
+                               "gates": [g for g in summary.get("gates", []) if g["tripped"]]}
+        summary.pop("staged_files", None)
+        _publish(output, run_id, staged, summary, marker_id=marker.run_id)
+    except BaseException:
+        marker.release()
+        raise
     return summary
 
 

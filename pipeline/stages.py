@@ -34,7 +34,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from model.config import join
 from model.modeldir import ModelDir
-from pipeline import groups, joins, textindex
+from pipeline import groups, joins, monitor, textindex
 from pipeline import io as pio
 from pipeline.handler import EncodeHandler, PairModelHandler, ScoreEmbeddingsHandler
 from pipeline.packing import label_table, pack_table
@@ -236,6 +236,12 @@ class _ThresholdFn(beam.DoFn):
         self.threshold = cfg.threshold
         self.schema = cfg.label_schema
         self.group_by = cfg.group_by
+        self.rows_in = cfg.rows_in
+        self.progress = not cfg.canary_branch
+        self.review = cfg.review_pairs if not cfg.canary_branch else 0
+        if self.review:
+            self.review_columns = (cfg.id_column, cfg.text_columns)
+            self.review_schema = review_schema(cfg)
         self.scored = _counter("rows_scored")
         self.duplicates = _counter("duplicates")
 
@@ -253,21 +259,28 @@ class _ThresholdFn(beam.DoFn):
         self.duplicates.inc(int(pc.sum(table["is_duplicate"]).as_py() or 0))
         self.done += n
         now = time.time()
-        if now - self.last >= self.PROGRESS_EVERY_S:
+        if self.progress and now - self.last >= self.PROGRESS_EVERY_S:
+            # One line per worker process: locally (one process) the whole run's progress.
             self.last = now
-            self.log.info("scored %d pairs, %.0f pairs/s", self.done,
-                          self.done / (now - self.started))
+            self.log.info("%s", monitor.progress_line(self.done, self.rows_in,
+                                                      now - self.started))
         if self.group_by:
             edges = groups.duplicate_edges(batch.rows, table["is_duplicate"].to_numpy(),
                                            *self.group_by)
             if edges.num_rows:
                 yield beam.pvalue.TaggedOutput("edges", edges)
+        if self.review and n:
+            yield beam.pvalue.TaggedOutput("review", monitor.review_rows(
+                batch.rows, batch.scores, self.threshold, *self.review_columns,
+                self.review_schema, self.review))
         yield table
 
 
 class Threshold(beam.PTransform):
     """Scored batches -> {'labels': tables (id, score, is_duplicate, kept columns),
-    'edges': the duplicate pairs' (left, right) record ids, with --group-by}."""
+    'edges': the duplicate pairs' (left, right) record ids, with --group-by,
+    'review': each batch's --review-pairs pairs nearest the threshold}. Logs progress
+    (pairs done of rows_in, percent, pairs/s, ETA) every few seconds."""
 
     def __init__(self, cfg: JobConfig):
         super().__init__()
@@ -275,8 +288,14 @@ class Threshold(beam.PTransform):
 
     def expand(self, batches):
         out = batches | "Label" >> beam.ParDo(_ThresholdFn(self.cfg)).with_outputs(
-            "edges", main="labels")
-        return {"labels": out.labels, "edges": out.edges}
+            "edges", "review", main="labels")
+        return {"labels": out.labels, "edges": out.edges, "review": out.review}
+
+
+def review_schema(cfg: JobConfig) -> pa.Schema:
+    schema = cfg.input_schema
+    return monitor.review_schema(schema.field(cfg.id_column),
+                                 tuple(schema.field(c) for c in cfg.text_columns))
 
 
 # --- unique-text mode: EncodeDistinctTexts, the two joins, ScoreEmbeddings --------------
@@ -495,7 +514,7 @@ class ScorePairs(beam.PTransform):
         labelled = scored["scored"] | "Threshold" >> Threshold(cfg)
         rejects = ((checked["rejects"], packed["rejects"], scored["failed"])
                    | "MergeRejects" >> beam.Flatten())
-        return {"labels": labelled["labels"], "rejects": rejects, "edges": labelled["edges"]}
+        return {**labelled, "rejects": rejects}
 
 
 class ScoreUniqueTexts(beam.PTransform):
@@ -527,7 +546,7 @@ class ScoreUniqueTexts(beam.PTransform):
         labelled = scored["scored"] | "Threshold" >> Threshold(cfg)
         rejects = ((checked["rejects"], joined["rejects"], scored["failed"])
                    | "MergeRejects" >> beam.Flatten())
-        return {"labels": labelled["labels"], "rejects": rejects, "edges": labelled["edges"]}
+        return {**labelled, "rejects": rejects}
 
 
 # --- WriteResults -----------------------------------------------------------------------
@@ -637,34 +656,105 @@ class Groups(beam.PTransform):
         return {"files": files, "stats": grouped | "Stats" >> beam.Map(lambda pair: pair[1])}
 
 
+class _CountFn(beam.DoFn):
+    def __init__(self, name: str):
+        self.counter = _counter(name)
+
+    def process(self, n):
+        self.counter.inc(n)
+
+
+class Progress(beam.PTransform):
+    """The counter `rows_in`, set once at the start, beside `rows_scored` and
+    `rows_rejected`: a runner's job page (Dataflow's) shows the run's progress as their
+    ratio while it scores."""
+
+    def __init__(self, rows_in: int | None):
+        super().__init__()
+        self.rows_in = rows_in or 0
+
+    def expand(self, pbegin):
+        return (pbegin | "RowsIn" >> beam.Create([self.rows_in])
+                | "Count" >> beam.ParDo(_CountFn("rows_in")))
+
+
+class Review(beam.PTransform):
+    """Each batch's pairs nearest the threshold -> the written OUT/_staging/RUN_ID/review/
+    file: the --review-pairs pairs nearest it over the whole run, nearest first, chosen
+    by a combiner that holds at most twice that many rows (`monitor.NearestFn`)."""
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, candidates):
+        cfg = self.cfg
+        schema = review_schema(cfg)
+        return (
+            candidates
+            | "Nearest" >> beam.CombineGlobally(monitor.NearestFn(cfg.review_pairs, schema))
+            | "Write" >> WriteToParquetBatched(
+                join(pio.staging(cfg.output, cfg.run_id), pio.REVIEW, "pairs"),
+                schema=schema, file_name_suffix=".parquet", num_shards=1)
+        )
+
+
+class Canaries(beam.PTransform):
+    """The canary pairs -> one dict: their accuracy, precision, recall and F1 at the
+    run's threshold (`monitor.canary_metrics`). They go through the night's own scoring
+    transform (pair or unique mode, same tokenizer, model and threshold), under their
+    own step names, so their counters and rows stay out of the night's."""
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, pbegin):
+        import dataclasses
+
+        cfg = self.cfg
+        plan = dataclasses.replace(cfg.plan, join="side-input", text_buckets=1)
+        branch = dataclasses.replace(cfg, canary_branch=True, group_by=None, plan=plan,
+                                     rows_in=cfg.canaries.num_rows)
+        tables = pbegin | "Pairs" >> beam.Create([cfg.canaries])
+        score = ScoreUniqueTexts if cfg.plan.mode == "unique" else ScorePairs
+        results = tables | "Score" >> score(branch)
+        return results["labels"] | "Metrics" >> beam.CombineGlobally(monitor.CanaryFn(
+            cfg.id_column, cfg.canary_labels, cfg.threshold))
+
+
 class _FinalizeFn(beam.DoFn):
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
 
-    def process(self, _, label_files, reject_files, duplicates, distinct_ids, group_files,
-                group_stats):
+    def process(self, _, label_files, reject_files, group_files, review_files, duplicates,
+                distinct_ids, scores, group_stats, canaries):
         from pipeline import publish
 
-        yield publish.finalize_run(self.cfg, sorted(label_files), sorted(reject_files),
-                                   duplicates, distinct_ids, sorted(group_files),
-                                   group_stats[0] if group_stats else None)
+        files = {pio.LABELS: sorted(label_files), pio.REJECTS: sorted(reject_files),
+                 pio.GROUPS: sorted(group_files), pio.REVIEW: sorted(review_files)}
+        yield publish.finalize_run(
+            self.cfg, files, duplicates, distinct_ids, scores,
+            group_stats=group_stats[0] if group_stats else None,
+            canaries=canaries[0] if canaries else None)
 
 
 class Finalize(beam.PTransform):
-    """(label tables, {'labels', 'rejects'}: the files both writes finished, the Groups
-    output: {'files', 'stats'}, empty without --group-by) -> the summary written. The
-    job's last step: it takes every write's output as a side input, so it runs after all
-    have finished, on every runner; it
-    counts, checks and publishes (`pipeline.publish.finalize_run`). Duplicates and
-    distinct ids are counted here, exactly, by combiners over the label tables."""
+    """{'labels': label tables, 'written': {'labels', 'rejects'}: the files both writes
+    finished, 'groups': {'files', 'stats'}, 'review': files, 'canaries': metrics} (the
+    last three empty when not asked for) -> the summary written. The job's last step:
+    it takes every write's output as a side input, so it runs after all have finished,
+    on every runner; it counts, checks, gates and publishes
+    (`pipeline.publish.finalize_run`). Duplicates, distinct ids and the score histogram
+    are computed here, exactly, by combiners over the label tables."""
 
     def __init__(self, cfg: JobConfig):
         super().__init__()
         self.cfg = cfg
 
     def expand(self, inputs):
-        labels, written, grouped = inputs
         cfg = self.cfg
+        labels = inputs["labels"]
         duplicates = (
             labels
             | "DuplicatesPerTable" >> beam.Map(
@@ -673,16 +763,21 @@ class Finalize(beam.PTransform):
         )
         distinct_ids = labels | "DistinctIds" >> CountDistinctIds(cfg.id_column,
                                                                   cfg.id_buckets)
+        scores = labels | "ScoreHistogram" >> beam.CombineGlobally(monitor.ScoreHistogramFn())
+        side = beam.pvalue
         return (
             labels.pipeline
             | "Start" >> beam.Create([None])
             | "Publish" >> beam.ParDo(
                 _FinalizeFn(cfg),
-                beam.pvalue.AsList(written["labels"]),
-                beam.pvalue.AsList(written["rejects"]),
-                beam.pvalue.AsSingleton(duplicates),
-                beam.pvalue.AsSingleton(distinct_ids),
-                beam.pvalue.AsList(grouped["files"]),
-                beam.pvalue.AsList(grouped["stats"]),
+                label_files=side.AsList(inputs["written"]["labels"]),
+                reject_files=side.AsList(inputs["written"]["rejects"]),
+                group_files=side.AsList(inputs["groups"]["files"]),
+                review_files=side.AsList(inputs["review"]),
+                duplicates=side.AsSingleton(duplicates),
+                distinct_ids=side.AsSingleton(distinct_ids),
+                scores=side.AsSingleton(scores),
+                group_stats=side.AsList(inputs["groups"]["stats"]),
+                canaries=side.AsList(inputs["canaries"]),
             )
         )
