@@ -267,10 +267,12 @@ def test_the_final_step_runs_on_dataflow_after_both_writes(no_network):
     payload = beam_runner_api_pb2.ParDoPayload.FromString(publish.spec.payload)
     side = [publish.inputs[tag] for tag in payload.side_inputs]
     sources = sorted(producer[p] for p in side)
-    # labels, rejects, duplicates, distinct ids, and the groups' files and stats (empty
-    # without --group-by)
-    assert len(sources) == 6, sources
-    assert any(s.startswith("WriteResults/WriteLabels/") for s in sources), sources
-    assert any(s.startswith("WriteResults/WriteRejects/") for s in sources), sources
+    # labels, rejects, duplicates, distinct ids, the score histogram, the review file,
+    # and the groups' files and stats and the canaries' metrics (empty without
+    # --group-by and --canaries)
+    assert len(sources) == 9, sources
+    for write in ("WriteResults/WriteLabels/", "WriteResults/WriteRejects/", "Review/Write/",
+                  "Finalize/ScoreHistogram/"):
+        assert any(s.startswith(write) for s in sources), (write, sources)
     assert job.dofn("Finalize/Publish").cfg.output == IO[1].split("=")[1]
     assert no_network == []
