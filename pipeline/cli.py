@@ -37,7 +37,7 @@ def _score(argv: list[str]) -> int:
     try:
         run(argv)
     except JobGated as e:
-        print(f"pairscore score: gated: {e}", file=sys.stderr)
+        print(f"pairscore score: {e}", file=sys.stderr)  # "gated: <which gates>; ..."
         return GATED_EXIT
     except JobError as e:
         print(f"pairscore score: error: {e}", file=sys.stderr)

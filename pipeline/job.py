@@ -349,8 +349,9 @@ def run(argv=None, save_main_session=False, test_pipeline=None) -> PipelineResul
         result.wait_until_finish()
     except Exception as e:
         # The runner has logged the traceback; the user gets one line naming the cause.
-        # The final step explains a withheld output in summary.json.
-        marker.release()
+        # The final step explains a withheld output in summary.json, and has released
+        # the marker then.
+        pio.release_run_marker(cfg.output, cfg.run_id)
         summary = publish.read_summary(cfg.output)
         if summary is not None and summary.get("run_id") == cfg.run_id and summary.get("error"):
             gated = summary.get("status") == publish.GATED
