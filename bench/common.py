@@ -114,6 +114,18 @@ def measure(kind: str, *args: str, env: dict | None = None) -> dict:
     return json.loads(lines[-1])
 
 
+def run_child(cmd: list[str]) -> dict:
+    """Run a benchmark's child process (`cmd`, in the repo, quiet TensorFlow); the JSON
+    object it printed last."""
+    out = subprocess.run(cmd, cwd=REPO, env={**os.environ, **CHILD_ENV}, capture_output=True,
+                         text=True)
+    lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
+    if out.returncode or not lines:
+        sys.stderr.write(out.stderr[-4000:])
+        raise RuntimeError(f"measurement failed ({out.returncode}): {' '.join(cmd)}")
+    return json.loads(lines[-1])
+
+
 def job_args(inp: str, out: str, model: str, *extra: str) -> list[str]:
     return ["--input", inp, "--output", out, "--model", model, "--overwrite", *extra]
 

@@ -87,17 +87,10 @@ def child(argv: list[str], noop: bool) -> dict:
 
 
 def _measure(argv: list[str], noop: bool) -> dict:
-    import subprocess
 
     cmd = [common.PYTHON, str(Path(__file__).resolve()), "--child", *(["--noop"] if noop else []),
            "--", *argv]
-    out = subprocess.run(cmd, cwd=common.REPO, env={**os.environ, **common.CHILD_ENV},
-                         capture_output=True, text=True)
-    lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
-    if out.returncode or not lines:
-        sys.stderr.write(out.stderr[-4000:])
-        raise RuntimeError(f"measurement failed ({out.returncode}): {' '.join(cmd)}")
-    return json.loads(lines[-1])
+    return common.run_child(cmd)
 
 
 def run(small: int, large: int, kind: str, real: bool) -> dict:

@@ -1,6 +1,7 @@
 """Run every benchmark (`make bench`) and print their figures as one table.
 
-    python bench/run_all.py [--only overhead,unique,feed,memory,launcher,cost,naive,precision]
+    python bench/run_all.py [--only NAME,...]   (overhead, unique, feed, memory, launcher,
+                                                 cost, naive, precision, morning)
 
 Each benchmark is also a script of its own (see its docstring for the command and what
 it measures); each saves its figures to out/bench/NAME.json. Figures are ratios of
@@ -20,7 +21,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import (  # noqa: E402
-    common, cost_basis, feed, launcher, memory, naive, overhead, precision, unique_speedup,
+    common,
+    cost_basis,
+    feed,
+    launcher,
+    memory,
+    morning,
+    naive,
+    overhead,
+    precision,
+    unique_speedup,
 )
 
 BENCHES = {
@@ -35,6 +45,7 @@ BENCHES = {
     "cost": lambda: common.report("cost_basis", cost_basis.run(20_000, 100_000, "minilm")),
     "naive": lambda: common.report("naive", naive.run(4000, "minilm")),
     "precision": lambda: common.report("precision", precision.run(3000, ["minilm", "bilstm"], 1)),
+    "morning": lambda: common.report("morning", morning.run(100_000, 2, False)),
 }
 
 
@@ -93,6 +104,10 @@ def summary_rows() -> list[tuple[str, str, str]]:
                 rows.append((f"bfloat16 speedup {kind} (direct CPU); max diff",
                              f"{f['speedup_direct_cpu']}; {f['max_score_diff']}",
                              "default if diff <= 0.01 and faster"))
+    if mo := load("morning"):
+        r = mo["ratios"]
+        rows.append(("report+review; everything / without (CPU, no-op model)",
+                     f"{r['report']['cpu']}; {r['everything']['cpu']}", "report"))
     return rows
 
 

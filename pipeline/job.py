@@ -336,7 +336,7 @@ def run(argv=None, save_main_session=False, test_pipeline=None) -> PipelineResul
     build(p, cfg, dry_run=dry_run)
     if dry_run:
         return p.run()
-    marker = pio.acquire_run_marker(cfg.output, cfg.run_id, opts.stale_run_after)
+    pio.acquire_run_marker(cfg.output, cfg.run_id, opts.stale_run_after)
     try:
         pio.clear_previous_output(cfg.output)
         result = p.run()

@@ -383,7 +383,7 @@ def read_canaries(path: str, schema: pa.Schema, id_column: str,
 def read_baseline(output: str) -> dict:
     """`baseline_of` a finished run's summary.json; JobError naming --baseline when the
     directory holds no finished run or one written before runs kept a histogram."""
-    from pipeline.io import JobError, SUMMARY
+    from pipeline.io import SUMMARY, JobError
     from pipeline.publish import read_summary
 
     try:

@@ -21,9 +21,8 @@ import shlex
 
 from model.config import join
 from model.report import STYLE, _figure_block, _fmt, _pyplot, _save
-from pipeline.io import write_text
+from pipeline.io import REPORT, write_text
 
-REPORT = "report.html"
 # A page must stay small enough to open: longer lists are cut, summary.json has them all.
 MAX_LISTED = 100
 

@@ -345,7 +345,8 @@ def test_rows_that_do_not_add_up_are_not_published(tmp_path, bilstm_model):
     out = tmp_path / "out"
     with pytest.raises(publish.RunWithheld, match=r"rows lost: rows_in 7 != scored 6 \+ "
                        r"rejected 0"):
-        publish.finalize_run(cfg, {"labels": labels, "rejects": rejects}, duplicates=2, distinct_ids=6)
+        publish.finalize_run(cfg, {"labels": labels, "rejects": rejects},
+            duplicates=2, distinct_ids=6)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["invariant_holds"] is False and summary["rows_in"] == 7
     assert summary["status"] == "withheld" and "rows lost" in summary["error"]
@@ -358,9 +359,11 @@ def test_the_final_step_run_twice_publishes_once(tmp_path, bilstm_model):
     the files published and gives the same output, one _SUCCESS."""
     cfg, labels, rejects = _staged_run(tmp_path, bilstm_model)
     out = tmp_path / "out"
-    first = publish.finalize_run(cfg, {"labels": labels, "rejects": rejects}, duplicates=2, distinct_ids=7)
+    first = publish.finalize_run(cfg, {"labels": labels, "rejects": rejects},
+        duplicates=2, distinct_ids=7)
     after_first = _published(out)
-    second = publish.finalize_run(cfg, {"labels": labels, "rejects": rejects}, duplicates=2, distinct_ids=7)
+    second = publish.finalize_run(cfg, {"labels": labels, "rejects": rejects},
+        duplicates=2, distinct_ids=7)
     assert _published(out) == after_first == [
         "_SUCCESS", "labels/part-00000-of-00002.parquet", "labels/part-00001-of-00002.parquet",
         "rejects/part-00000-of-00001.parquet", "report.html", "summary.json"]
@@ -383,11 +386,13 @@ def test_the_final_step_interrupted_mid_publish_is_completed_by_its_retry(
 
     monkeypatch.setattr(publish.FileSystems, "rename", rename_half)
     with pytest.raises(ConnectionError):
-        publish.finalize_run(cfg, {"labels": labels, "rejects": rejects}, duplicates=2, distinct_ids=7)
+        publish.finalize_run(cfg, {"labels": labels, "rejects": rejects},
+            duplicates=2, distinct_ids=7)
     assert (out / "labels" / "part-00000-of-00002.parquet").exists()
     assert not (out / "_SUCCESS").exists() and not (out / "summary.json").exists()
     monkeypatch.setattr(publish.FileSystems, "rename", real_rename)
-    summary = publish.finalize_run(cfg, {"labels": labels, "rejects": rejects}, duplicates=2, distinct_ids=7)
+    summary = publish.finalize_run(cfg, {"labels": labels, "rejects": rejects},
+        duplicates=2, distinct_ids=7)
     assert summary["scored"] == 7 and summary["invariant_holds"]
     assert pq.read_table(out / "labels")["pair_id"].to_pylist() == [r[0] for r in PAIRS]
     assert [p for p in _published(out) if p.startswith("_staging")] == []
