@@ -6,6 +6,7 @@ launched it is gone (a scheduler that submits and moves on)::
 
     count   rows in the written label files (Parquet footers), rejects by reason
     check   rows_in == scored + rejected; model errors within --max-model-error-ratio
+    commit  the run's embedding-store generation (--embedding-store)
     publish OUT/_staging/RUN_ID/{labels,rejects}/* -> OUT/{labels,rejects}/
     write   OUT/summary.json, then OUT/_SUCCESS; release the run marker
 
@@ -152,14 +153,22 @@ def withheld_because(cfg, summary: dict) -> str | None:
 
 def finalize_run(cfg, label_files: list[str], reject_files: list[str], duplicates: int,
                  distinct_ids: int, group_files: list[str] = (),
-                 group_stats: dict | None = None) -> dict:
+                 group_stats: dict | None = None, store_files: list[dict] = (),
+                 store_stats: dict | None = None) -> dict:
     """The whole last step (see the module docstring); returns the summary written.
-    Raises RunWithheld, after writing summary.json, when the run must not publish."""
+    Raises RunWithheld, after writing summary.json, when the run must not publish.
+
+    With --embedding-store, `store_files` (the run's new store files) are committed as
+    one generation once the checks pass, before publishing; a withheld run commits
+    nothing (its generation stays uncommitted, unread, and `store compact` removes it)."""
+    from pipeline import store
     labels = [locate(cfg.output, p) for p in label_files]
     rejects = [locate(cfg.output, p) for p in reject_files]
     tally = count_written(labels, rejects)
     summary = summary_of(cfg, tally, duplicates, distinct_ids)
     summary["groups"] = group_stats
+    summary["store"] = store.summary_field(getattr(cfg, "store", None), list(store_files),
+                                           store_stats)
     for big in (group_stats or {}).get("over_max_group_size", []):
         log.warning("group %r has %d records, more than --max-group-size %d: one giant "
                     "component usually means a threshold too low", big["group_id"],
@@ -174,6 +183,8 @@ def finalize_run(cfg, label_files: list[str], reject_files: list[str], duplicate
         raise RunWithheld(f"{reason} (see {summary_path})")
     for p in group_files:
         locate(cfg.output, p)
+    if getattr(cfg, "store", None) is not None:
+        store.commit_run(cfg.store, list(store_files))
     publish_files(cfg.output, label_files + reject_files + list(group_files))
     _delete_tree(pio.staging(cfg.output, cfg.run_id))
     staging_root = join(cfg.output, pio.STAGING)
