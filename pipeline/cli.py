@@ -80,7 +80,6 @@ def _store(argv: list[str]) -> int:
 
     from pipeline import store
     from pipeline.io import JobError
-
     from pipeline.options import check_known_flags
 
     prog = f"pairscore store {args.action}"
