@@ -1,6 +1,6 @@
 """Run every benchmark (`make bench`) and print their figures as one table.
 
-    python bench/run_all.py [--only overhead,unique,feed,memory,launcher,cost,naive,precision]
+    python bench/run_all.py [--only overhead,unique,feed,memory,launcher,cost,naive,precision,store]
 
 Each benchmark is also a script of its own (see its docstring for the command and what
 it measures); each saves its figures to out/bench/NAME.json. Figures are ratios of
@@ -20,7 +20,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import (  # noqa: E402
-    common, cost_basis, feed, launcher, memory, naive, overhead, precision, unique_speedup,
+    common,
+    cost_basis,
+    feed,
+    launcher,
+    memory,
+    naive,
+    overhead,
+    precision,
+    store_week,  # noqa: E402
+    unique_speedup,
 )
 
 BENCHES = {
@@ -35,6 +44,7 @@ BENCHES = {
     "cost": lambda: common.report("cost_basis", cost_basis.run(20_000, 100_000, "minilm")),
     "naive": lambda: common.report("naive", naive.run(4000, "minilm")),
     "precision": lambda: common.report("precision", precision.run(3000, ["minilm", "bilstm"], 1)),
+    "store": lambda: common.report("store_week_minilm", store_week.run(2000, 7, 4.0, "minilm")),
 }
 
 
@@ -93,6 +103,18 @@ def summary_rows() -> list[tuple[str, str, str]]:
                 rows.append((f"bfloat16 speedup {kind} (direct CPU); max diff",
                              f"{f['speedup_direct_cpu']}; {f['max_score_diff']}",
                              "default if diff <= 0.01 and faster"))
+    if w := load("store_week_minilm"):
+        night2 = next(r for r in w["week"] if r["night"] == 2)
+        known = w["week"][-1]
+        rows.append(("store night 2 / cold, same pairs (CPU; steady CPU)",
+                     f"{night2['cpu_ratio']}; {night2['steady_cpu_ratio']}", "<= 0.2"))
+        rows.append(("store: texts encoded on an all-known night", str(known["texts_encoded"]),
+                     "0"))
+        rows.append(("store bytes per text / (4 x dim + 16)", str(w["store"]["bytes_ratio"]),
+                     "within 10%"))
+        rows.append(("store read, CPU-s per 1M entries (/ encoding 1M)",
+                     f"{w['read_cost']['cpu_s_per_million']} "
+                     f"({w['read_cost']['read_over_encode_cpu']})", "report"))
     return rows
 
 
