@@ -81,6 +81,8 @@ def _job(argv: list[str], noop: bool = False) -> dict:
         "real_tokens": c.get("real_tokens"),
         "computed_tokens": c.get("computed_tokens"),
         "peak_rss_mb": _peak_rss_mb(),
+        "texts_encoded": c.get("texts_encoded", 0),
+        "store": s.get("store"),
     }
 
 

@@ -1,7 +1,7 @@
 """Run every benchmark (`make bench`) and print their figures as one table.
 
     python bench/run_all.py [--only NAME,...]   (overhead, unique, feed, memory, launcher,
-                                                 cost, naive, precision, morning)
+                                                 cost, naive, precision, morning, store)
 
 Each benchmark is also a script of its own (see its docstring for the command and what
 it measures); each saves its figures to out/bench/NAME.json. Figures are ratios of
@@ -30,6 +30,7 @@ from bench import (  # noqa: E402
     naive,
     overhead,
     precision,
+    store_week,
     unique_speedup,
 )
 
@@ -46,6 +47,7 @@ BENCHES = {
     "naive": lambda: common.report("naive", naive.run(4000, "minilm")),
     "precision": lambda: common.report("precision", precision.run(3000, ["minilm", "bilstm"], 1)),
     "morning": lambda: common.report("morning", morning.run(100_000, 2, False)),
+    "store": lambda: common.report("store_week_minilm", store_week.run(2000, 7, 4.0, "minilm")),
 }
 
 
@@ -108,6 +110,18 @@ def summary_rows() -> list[tuple[str, str, str]]:
         r = mo["ratios"]
         rows.append(("report+review; everything / without (CPU, no-op model)",
                      f"{r['report']['cpu']}; {r['everything']['cpu']}", "report"))
+    if w := load("store_week_minilm"):
+        night2 = next(r for r in w["week"] if r["night"] == 2)
+        known = w["week"][-1]
+        rows.append(("store night 2 / cold, same pairs (CPU; steady CPU)",
+                     f"{night2['cpu_ratio']}; {night2['steady_cpu_ratio']}", "<= 0.2"))
+        rows.append(("store: texts encoded on an all-known night", str(known["texts_encoded"]),
+                     "0"))
+        rows.append(("store bytes per text / (4 x dim + 16)", str(w["store"]["bytes_ratio"]),
+                     "within 10%"))
+        rows.append(("store read, CPU-s per 1M entries (/ encoding 1M)",
+                     f"{w['read_cost']['cpu_s_per_million']} "
+                     f"({w['read_cost']['read_over_encode_cpu']})", "report"))
     return rows
 
 

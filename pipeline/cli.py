@@ -2,6 +2,7 @@
 
     pairscore default-model --output models/default
     pairscore sample --output data/sample.parquet --pairs 1000
+    pairscore store info URI;  pairscore store compact URI [--model-fingerprint F]
     pairscore score --input 'data/*.parquet' --output out/ --model models/default
     pairscore publish out/ --accept        (a run a gate held back, once looked at)
     pairscore train --train pairs.parquet --encoder bilstm --distance l1 --output models/m
@@ -83,11 +84,74 @@ def _sample(argv: list[str]) -> int:
     return 0
 
 
+def _store(argv: list[str]) -> int:
+    p = _parser("pairscore store", "Inspect or compact an embedding store (--embedding-store).")
+    p.error = lambda message: p.exit(2, f"pairscore store: error: {message}\n")
+    sub = p.add_subparsers(dest="action", required=True, metavar="{info,compact}")
+    info = sub.add_parser("info", help="entries, generations and bytes per model fingerprint")
+    info.add_argument("uri", help="the store's URI (local, gs://, s3://)")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    compact = sub.add_parser("compact", help="merge committed generations into one, "
+                             "deduplicated; remove superseded and dead runs' generations")
+    compact.add_argument("uri", help="the store's URI (local, gs://, s3://)")
+    compact.add_argument("--model-fingerprint", "--model_fingerprint", dest="fingerprint",
+                         help="compact this fingerprint's part only (default: every one)")
+    compact.add_argument("--stale-after", "--stale_after", dest="stale_after", type=float,
+                         default=None, metavar="SECONDS",
+                         help="remove uncommitted generations older than this (default "
+                         "86400: younger ones may be runs still writing)")
+    for sp in (info, compact):
+        sp.error = lambda message, sp=sp: sp.exit(2, f"{sp.prog}: error: {message}\n")
+    args, beam_flags = p.parse_known_args(argv)
+    import json
+
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import store
+    from pipeline.io import JobError
+    from pipeline.options import check_known_flags
+
+    prog = f"pairscore store {args.action}"
+    try:
+        # Beam's storage flags (--s3_endpoint_url, ...) configure the file systems.
+        check_known_flags(beam_flags)
+        FileSystems.set_options(PipelineOptions(beam_flags))
+        if args.action == "info":
+            rows = store.info(args.uri)
+            if not rows:
+                raise JobError(f"{args.uri} holds no embedding store")
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            for r in [] if args.json else rows:
+                print(f"{r['fingerprint']}: {r['entries']} entries, {r['generations']} "
+                      f"generations, {r['files']} files, {r['bytes']} bytes (format "
+                      f"{r['format_version']}, dim {r['dim']}; superseded "
+                      f"{r['superseded_generations']}, uncommitted "
+                      f"{r['uncommitted_generations']})")
+            return 0
+        fps = [args.fingerprint] if args.fingerprint else store.fingerprints(args.uri)
+        if not fps:
+            raise JobError(f"{args.uri} holds no embedding store")
+        known = store.fingerprints(args.uri)
+        for fp in fps:
+            if fp not in known:
+                raise JobError(f"{args.uri} has no entries for model fingerprint {fp} "
+                               f"(it has: {', '.join(known) or 'none'})")
+            stale = store.STALE_GENERATION_S if args.stale_after is None else args.stale_after
+            print(json.dumps(store.compact(args.uri, fp, stale)))
+    except JobError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 COMMANDS = {
     **model_cli.COMMANDS,
     "score": _score,
     "publish": _publish,
     "sample": _sample,
+    "store": _store,
 }
 
 

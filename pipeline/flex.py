@@ -49,6 +49,7 @@ LABELS = {
     "model_copies": "Model copies per worker",
     "profile": "Flag preset",
     "unique_join": "Unique-mode join",
+    "embedding_store": "Embedding store",
     "max_model_error_ratio": "Allowed model-error share",
     "stale_run_after": "Stale run marker after (seconds)",
 }
@@ -64,6 +65,8 @@ NOTES = {
     "model": "gs://, s3:// or a path in the image; profile=dataflow-gpu uses the image's "
     "default model",
     "profile": "dataflow-gpu also needs the parameter sdk_container_image=IMAGE",
+    "embedding_store": "gs:// or s3://, e.g. gs://my-bucket/embeddings; the same URI every "
+    "night",
 }
 _REMOTE = r"(gs|s3)://[^\n\r]+"
 PATH_REGEXES = {
@@ -71,6 +74,7 @@ PATH_REGEXES = {
     "output": f"^{_REMOTE}$",
     # The image holds the default model at an absolute path.
     "model": rf"^({_REMOTE}|/[^\n\r]+)$",
+    "embedding_store": f"^{_REMOTE}$",
 }
 BOOLEAN_REGEX = "^(true|false)$"
 INT_REGEX = "^[0-9]+$"

@@ -34,7 +34,7 @@ from apache_beam.runners.runner import PipelineResult
 from model.config import ModelDirError
 from model.modeldir import ModelDir
 from pipeline import io as pio
-from pipeline import monitor, planning, profiles, publish, stages
+from pipeline import monitor, planning, profiles, publish, stages, store
 from pipeline.io import JobError
 from pipeline.options import ScoreOptions, check_known_flags
 from pipeline.validate import ERROR, REASON
@@ -89,6 +89,8 @@ class JobConfig:
     canary_file: str | None = None
     review_pairs: int = 1000
     canary_branch: bool = False  # this config scores the canaries, not the night's pairs
+    # --embedding-store: the generations pinned at launch, where this run writes its own.
+    store: store.StoreSpec | None = None
 
     @property
     def fail_fast(self) -> bool:
@@ -169,8 +171,24 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         pio.check_output(opts.output, opts.overwrite)
     tok = meta.get("tokenizer", {})
     specials = (tok.get("cls_token") is not None) + (tok.get("sep_token") is not None)
-    plan = planning.plan(opts.mode, scan.files, text_columns, rows_in, dry_run,
-                         int(meta.get("embedding_dim") or 0), opts.unique_join)
+    dim = int(meta.get("embedding_dim") or 0)
+    mode = opts.mode
+    if opts.embedding_store:
+        # Only unique-text mode looks texts up: a store implies it.
+        if mode == "pairs":
+            raise JobError("--mode pairs cannot use --embedding-store (the store holds "
+                           "distinct texts' embeddings): drop one of them")
+        mode = "unique"
+        if opts.precision != "float32":
+            raise JobError(f"--precision {opts.precision} cannot use --embedding-store: the "
+                           "store holds float32 embeddings, which other runs read as exact")
+    plan = planning.plan(mode, scan.files, text_columns, rows_in, dry_run, dim,
+                         opts.unique_join)
+    run_id = pio.new_run_id()
+    spec = None
+    if opts.embedding_store:
+        spec = store.open_for_run(opts.embedding_store, meta.get("fingerprint", ""), dim,
+                                  run_id, planning.SIDE_INPUT_MAX_BYTES, dry_run)
     return JobConfig(
         input=opts.input,
         output=opts.output,
@@ -194,7 +212,7 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         plan=plan,
         precision=opts.precision,
         max_model_error_ratio=ratio,
-        run_id=pio.new_run_id(),
+        run_id=run_id,
         launched_at=time.time(),
         id_buckets=max(1, math.ceil((rows_in or 0) / IDS_PER_BUCKET)),
         group_by=group_by,
@@ -206,6 +224,7 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         canary_labels=canary_labels,
         canary_file=opts.canaries,
         review_pairs=opts.review_pairs,
+        store=spec,
     )
 
 
@@ -278,8 +297,11 @@ def build(p: beam.Pipeline, cfg: JobConfig, dry_run: bool = False):
               else nothing("NoReview"))
     canaries = (p | "Canaries" >> stages.Canaries(cfg) if cfg.canaries is not None
                 else nothing("NoCanaries"))
-    return {"labels": results["labels"], "written": written, "groups": grouped,
-            "review": review, "canaries": canaries} | "Finalize" >> stages.Finalize(cfg)
+    finals = {"labels": results["labels"], "written": written, "groups": grouped,
+              "review": review, "canaries": canaries}
+    if cfg.store is not None:
+        finals["store"] = {"files": results["store_files"], "stats": results["store_stats"]}
+    return finals | "Finalize" >> stages.Finalize(cfg)
 
 
 def _pipeline_options(argv: list[str] | None) -> PipelineOptions:

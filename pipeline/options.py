@@ -65,6 +65,12 @@ class ScoreOptions(PipelineOptions):
                             choices=JOINS, default="auto",
                             help="unique mode: join embeddings to pairs by side input (small "
                             "sets) or by shuffle (millions of distinct texts); auto sizes it")
+        parser.add_argument("--embedding-store", "--embedding_store", dest="embedding_store",
+                            default=None, metavar="URI",
+                            help="embedding store shared across runs (local, gs://, s3://): "
+                            "texts found there are not encoded again, new embeddings are "
+                            "added as one generation when the run succeeds; implies "
+                            "unique-text mode")
         parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                             help="bfloat16: oneDNN mixed precision on CPU, faster but scores "
                             "differ (see docs/performance.md)")

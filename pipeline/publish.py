@@ -6,6 +6,7 @@ launched it is gone (a scheduler that submits and moves on)::
 
     count   rows in the written label files (Parquet footers), rejects by reason
     check   rows_in == scored + rejected; model errors within --max-model-error-ratio
+    commit  the run's embedding-store generation (--embedding-store)
     publish OUT/_staging/RUN_ID/{labels,rejects}/* -> OUT/{labels,rejects}/
     write   OUT/summary.json, then OUT/_SUCCESS; release the run marker
 
@@ -190,16 +191,26 @@ def _write_outcome(output: str, summary: dict) -> None:
 
 def finalize_run(cfg, files: dict, duplicates: int, distinct_ids: int,
                  scores: dict | None = None, group_stats: dict | None = None,
-                 canaries: dict | None = None) -> dict:
+                 canaries: dict | None = None, store_files: list[dict] = (),
+                 store_stats: dict | None = None) -> dict:
     """The whole last step (see the module docstring); `files` holds the written files
     by kind (labels, rejects, groups, review). Returns the summary written. Raises
     RunWithheld (rows lost, model errors) or RunGated (a gate tripped) after writing
-    summary.json and report.html, when the run must not publish."""
+    summary.json and report.html, when the run must not publish.
+
+    With --embedding-store, `store_files` (the run's new store files) are committed as
+    one generation when the run publishes, before its files move; a withheld run commits
+    nothing (its generation stays uncommitted, unread, and `store compact` removes it),
+    a gated one only if `pairscore publish --accept` publishes it: a night whose canaries
+    failed must not leave its embeddings for the nights after."""
+    from pipeline import store
+
     labels = [locate(cfg.output, p) for p in files[pio.LABELS]]
     rejects = [locate(cfg.output, p) for p in files[pio.REJECTS]]
     tally = count_written(labels, rejects)
     summary = summary_of(cfg, tally, duplicates, distinct_ids, scores)
     summary["groups"] = group_stats
+    summary["store"] = store.summary_field(cfg.store, list(store_files), store_stats)
     for big in (group_stats or {}).get("over_max_group_size", []):
         log.warning("group %r has %d records, more than --max-group-size %d: one giant "
                     "component usually means a threshold too low", big["group_id"],
@@ -228,9 +239,13 @@ def finalize_run(cfg, files: dict, duplicates: int, distinct_ids: int,
             f"{pio.staging(cfg.output, cfg.run_id)}; look at {join(cfg.output, pio.REPORT)}, "
             f"then `pairscore publish {cfg.output} --accept` publishes it"))
         summary["staged_files"] = staged
+        if cfg.store is not None and store_files:
+            summary["staged_store"] = {"dim": cfg.store.dim, "files": list(store_files)}
         _write_outcome(cfg.output, summary)
         pio.release_run_marker(cfg.output, cfg.run_id)
         raise RunGated(summary["error"])
+    if cfg.store is not None:
+        store.commit_run(cfg.store, list(store_files))
     _publish(cfg.output, cfg.run_id, staged, summary)
     log.info("published %s: %d scored, %d rejected", cfg.output, tally.scored, tally.rejected)
     return summary
@@ -251,6 +266,18 @@ def _publish(output: str, run_id: str, staged: list[str], summary: dict,
     # multipart upload with no parts).
     pio.write_text(join(output, pio.SUCCESS), "ok\n")
     pio.release_run_marker(output, marker_id or run_id)
+
+
+def _commit_staged_store(summary: dict) -> None:
+    """A gated run's embedding-store generation, committed once the run is accepted."""
+    staged = summary.pop("staged_store", None)
+    if not staged:
+        return
+    from pipeline import store
+
+    info = summary["store"]
+    store.commit_generation(info["uri"], info["fingerprint"], info["generation_written"],
+                            staged["files"], staged["dim"])
 
 
 def accept_run(output: str, stale_run_after: float = pio.STALE_RUN_AFTER_S) -> dict:
@@ -289,6 +316,7 @@ def accept_run(output: str, stale_run_after: float = pio.STALE_RUN_AFTER_S) -> d
         summary["accepted"] = {"at": pio._now().isoformat(), "by": pio._user(),
                                "gates": [g for g in summary.get("gates", []) if g["tripped"]]}
         summary.pop("staged_files", None)
+        _commit_staged_store(summary)
         _publish(output, run_id, staged, summary, marker_id=marker.run_id)
     except BaseException:
         marker.release()

@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.parquetio import WriteToParquetBatched
@@ -34,7 +35,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from model.config import join
 from model.modeldir import ModelDir
-from pipeline import groups, joins, monitor, textindex
+from pipeline import groups, joins, monitor, store, textindex
 from pipeline import io as pio
 from pipeline.handler import EncodeHandler, PairModelHandler, ScoreEmbeddingsHandler
 from pipeline.packing import label_table, pack_table
@@ -343,8 +344,13 @@ class _TokenizeTextsFn(beam.DoFn):
 
 
 class EncodeDistinctTexts(beam.PTransform):
-    """Arrow tables of candidate pairs (as read) -> `TextBatch`es holding each distinct
-    valid text once, with its embedding, or the reason it has none."""
+    """Arrow tables of candidate pairs (as read) -> {'texts': `TextBatch`es holding each
+    distinct valid text once, with its embedding, or the reason it has none}.
+
+    With an embedding store (`cfg.store`), distinct texts are looked up there first
+    (`LookupStore`) and only the misses are tokenized and encoded; the new embeddings
+    are written as the run's uncommitted generation (`WriteStore`). The output then
+    also has 'store_files' (the files written) and 'store_stats' (one dict of counts)."""
 
     def __init__(self, cfg: JobConfig, shared: Shared):
         super().__init__()
@@ -354,11 +360,18 @@ class EncodeDistinctTexts(beam.PTransform):
     def expand(self, tables):
         cfg = self.cfg
         valid = (tables | "Validate" >> Validate(cfg, count=False))["valid"]
-        batches = (
+        distinct = (
             valid
             | "KeyTexts" >> beam.ParDo(_KeyTextsFn(cfg))
             | "DistinctTexts" >> beam.CombinePerKey(textindex.DistinctFn())
             | "SplitTexts" >> beam.ParDo(_SplitTextsFn(cfg.rebatch_rows))
+        )
+        found = []
+        if cfg.store is not None:
+            looked = distinct | "LookupStore" >> LookupStore(cfg)
+            distinct, found = looked["misses"], [looked["hits"]]
+        batches = (
+            distinct
             # Spreads the encoding over workers: a bucket's texts leave the combine on one.
             | "SpreadTexts" >> beam.Reshuffle()
             | "TokenizeTexts" >> beam.ParDo(_TokenizeTextsFn(cfg))
@@ -368,8 +381,221 @@ class EncodeDistinctTexts(beam.PTransform):
         encoded = to_encode | "Encode" >> RunModel(
             handler_for(EncodeHandler, cfg, self.shared), _texts_failed,
             fail_fast=cfg.fail_fast)
-        return ((encoded["scored"], encoded["failed"], no_tokens)
-                | "AllTexts" >> beam.Flatten())
+        out = {"texts": (encoded["scored"], encoded["failed"], no_tokens, *found)
+               | "AllTexts" >> beam.Flatten()}
+        if cfg.store is not None:
+            out["store_files"] = encoded["scored"] | "WriteStore" >> WriteStore(cfg)
+            out["store_stats"] = (
+                (found[0] | "CountFound" >> beam.Map(lambda b: ("texts_found", len(b))),
+                 to_encode | "CountEncoded" >> beam.Map(lambda b: ("texts_encoded", len(b))),
+                 looked["skipped"] | "CountSkipped" >> beam.Map(lambda _: ("files_skipped", 1)))
+                | "StoreCounts" >> beam.Flatten()
+                | "SumStoreCounts" >> beam.CombineGlobally(_SumCountsFn())
+            )
+        return out
+
+
+# --- the embedding store: LookupStore, WriteStore --------------------------------------
+
+
+class _SumCountsFn(beam.CombineFn):
+    """(name, n) pairs -> {name: sum}."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, item):
+        acc[item[0]] = acc.get(item[0], 0) + item[1]
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = {}
+        for acc in accs:
+            for k, v in acc.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+class _ReadStoreFileFn(beam.DoFn):
+    """A store file record -> (key bucket, (keys, embeddings)) per bucket; a file that
+    cannot be read whole is skipped with a warning naming it ('skipped': its path)."""
+
+    def __init__(self, spec: store.StoreSpec):
+        self.dim = spec.dim
+        self.buckets = spec.buckets
+        self.read = _counter("store_entries_read")
+        self.skipped = _counter("store_files_skipped")
+
+    def process(self, record):
+        got = store.read_file(record, self.dim)
+        if got is None:
+            self.skipped.inc()
+            yield beam.pvalue.TaggedOutput("skipped", record["path"])
+            return
+        keys, embs = got
+        self.read.inc(len(keys))
+        for b, idx in store.split_by_bucket(keys, self.buckets):
+            yield b, (keys[idx], embs[idx])
+
+
+class _StoreIndexFn(beam.CombineFn):
+    """(keys, embeddings) chunks -> one `store.StoreIndex`."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, chunk):
+        acc.append(chunk)
+        return acc
+
+    def merge_accumulators(self, accs):
+        return [c for acc in accs for c in acc]
+
+    def extract_output(self, acc):
+        return store.StoreIndex.build(acc, self.dim)
+
+
+def _split_found(index: store.StoreIndex, texts: pa.Array, keys: np.ndarray):
+    """(a `TextBatch` of the texts found, with their stored embeddings, or None; the
+    texts missing, or None)."""
+    pos = index.lookup(keys)
+    hit = pos >= 0
+    found = missing = None
+    if hit.any():
+        found = textindex.TextBatch(texts.filter(pa.array(hit)), None,
+                                    embeddings=index.embeddings[pos[hit]])
+    if not hit.all():
+        missing = texts.filter(pa.array(~hit))
+    return found, missing
+
+
+class _LookupFn(beam.DoFn):
+    def __init__(self):
+        self.hits = _counter("store_hits")
+
+    def _emit(self, index, texts, keys):
+        found, missing = _split_found(index, texts, keys)
+        if found is not None:
+            self.hits.inc(len(found))
+            yield found
+        if missing is not None:
+            yield beam.pvalue.TaggedOutput("misses", missing)
+
+    def process(self, texts, index):
+        yield from self._emit(index, texts, store.text_keys(texts))
+
+
+class _KeyByStoreBucketFn(beam.DoFn):
+    def __init__(self, buckets: int):
+        self.buckets = buckets
+
+    def process(self, texts):
+        keys = store.text_keys(texts)
+        for b, idx in store.split_by_bucket(keys, self.buckets):
+            yield b, (texts.take(pa.array(idx)), keys[idx])
+
+
+class _JoinStoreFn(_LookupFn):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def process(self, grouped):
+        _, joined = grouped
+        index = store.StoreIndex.build(list(joined["store"]), self.dim)
+        for texts, keys in joined["texts"]:
+            yield from self._emit(index, texts, keys)
+
+
+class LookupStore(beam.PTransform):
+    """Arrays of distinct texts -> {'hits': `TextBatch`es with the stored embeddings,
+    'misses': arrays of the texts the store lacks, 'skipped': store files not read}.
+
+    Reads exactly the files of the generations pinned at launch (`cfg.store`), spread
+    over workers. While those are small (`planning.SIDE_INPUT_MAX_BYTES`) they form one
+    `StoreIndex`, a side input of the lookup; past that, texts and store entries are
+    keyed by the same key bucket and joined by a CoGroupByKey, so a worker holds one
+    bucket of the store, never all of it."""
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__()
+        self.spec = cfg.store
+
+    def expand(self, texts):
+        spec = self.spec
+        read = (
+            texts.pipeline
+            | "StoreFiles" >> beam.Create(spec.files)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadStore" >> beam.ParDo(_ReadStoreFileFn(spec)).with_outputs(
+                "skipped", main="chunks")
+        )
+        if spec.lookup == "side-input":
+            index = (read.chunks | "Chunks" >> beam.Values()
+                     | "StoreIndex" >> beam.CombineGlobally(_StoreIndexFn(spec.dim)))
+            out = texts | "Lookup" >> beam.ParDo(
+                _LookupFn(), beam.pvalue.AsSingleton(index)).with_outputs(
+                    "misses", main="hits")
+        else:
+            keyed = texts | "KeyByStoreBucket" >> beam.ParDo(_KeyByStoreBucketFn(spec.buckets))
+            out = (
+                {"texts": keyed, "store": read.chunks}
+                | "GroupByBucket" >> beam.CoGroupByKey()
+                | "Lookup" >> beam.ParDo(_JoinStoreFn(spec.dim)).with_outputs(
+                    "misses", main="hits")
+            )
+        return {"hits": out.hits, "misses": out.misses, "skipped": read.skipped}
+
+
+class _WriteStoreFn(beam.DoFn):
+    def __init__(self, spec: store.StoreSpec):
+        self.spec = spec
+        self.written = _counter("store_entries_written")
+
+    def start_bundle(self):
+        self.keys, self.embs, self.rows = [], [], 0
+
+    def process(self, batch):
+        self.keys.append(store.text_keys(batch.texts))
+        self.embs.append(np.asarray(batch.embeddings, np.float32))
+        self.rows += len(batch)
+        if self.rows >= store.ROWS_PER_FILE:
+            yield self._flush()
+
+    def _flush(self):
+        import uuid
+
+        keys, embs = np.concatenate(self.keys), np.concatenate(self.embs)
+        self.keys, self.embs, self.rows = [], [], 0
+        # A name of its own per attempt: a retried bundle's file is simply not listed.
+        path = join(self.spec.write_dir, f"part-{uuid.uuid4().hex}.parquet")
+        record = store.write_file(path, keys, embs, self.spec.fingerprint)
+        self.written.inc(record["rows"])
+        return record
+
+    def finish_bundle(self):
+        if self.rows:
+            yield WindowedValue(self._flush(), GlobalWindow().max_timestamp(),
+                                [GlobalWindow()])
+
+
+class WriteStore(beam.PTransform):
+    """Encoded `TextBatch`es -> records {"path", "rows", "bytes"} of the Parquet files
+    written under the store's URI/<fingerprint>/gen-RUN_ID/, uncommitted: the final step
+    (`publish.finalize_run`) commits them once the run's checks pass."""
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__()
+        self.spec = cfg.store
+
+    def expand(self, batches):
+        return batches | "WriteFiles" >> beam.ParDo(_WriteStoreFn(self.spec))
 
 
 class _IndexFn(beam.CombineFn):
@@ -539,14 +765,17 @@ class ScoreUniqueTexts(beam.PTransform):
         rebatched = checked["valid"] | "Rebatch" >> Rebatch(cfg.rebatch_rows)
         embedded = texts | "EncodeDistinctTexts" >> EncodeDistinctTexts(cfg, shared)
         join = SideInputJoin if cfg.plan.join == "side-input" else ShuffleJoin
-        joined = (rebatched, embedded) | "JoinEmbeddings" >> join(cfg)
+        joined = (rebatched, embedded["texts"]) | "JoinEmbeddings" >> join(cfg)
         scored = joined["batches"] | "ScoreEmbeddings" >> RunModel(
             handler_for(ScoreEmbeddingsHandler, cfg, shared), _rows_failed,
             fail_fast=cfg.fail_fast)
         labelled = scored["scored"] | "Threshold" >> Threshold(cfg)
         rejects = ((checked["rejects"], joined["rejects"], scored["failed"])
                    | "MergeRejects" >> beam.Flatten())
-        return {**labelled, "rejects": rejects}
+        out = {**labelled, "rejects": rejects}
+        if cfg.store is not None:
+            out.update(store_files=embedded["store_files"], store_stats=embedded["store_stats"])
+        return out
 
 
 # --- WriteResults -----------------------------------------------------------------------
@@ -714,8 +943,9 @@ class Canaries(beam.PTransform):
 
         cfg = self.cfg
         plan = dataclasses.replace(cfg.plan, join="side-input", text_buckets=1)
+        # Never from the embedding store: a canary must be encoded by tonight's model.
         branch = dataclasses.replace(cfg, canary_branch=True, group_by=None, plan=plan,
-                                     rows_in=cfg.canaries.num_rows)
+                                     rows_in=cfg.canaries.num_rows, store=None)
         tables = pbegin | "Pairs" >> beam.Create([cfg.canaries])
         score = ScoreUniqueTexts if cfg.plan.mode == "unique" else ScorePairs
         results = tables | "Score" >> score(branch)
@@ -728,7 +958,7 @@ class _FinalizeFn(beam.DoFn):
         self.cfg = cfg
 
     def process(self, _, label_files, reject_files, group_files, review_files, duplicates,
-                distinct_ids, scores, group_stats, canaries):
+                distinct_ids, scores, group_stats, canaries, store_files=(), store_stats=()):
         from pipeline import publish
 
         files = {pio.LABELS: sorted(label_files), pio.REJECTS: sorted(reject_files),
@@ -736,17 +966,20 @@ class _FinalizeFn(beam.DoFn):
         yield publish.finalize_run(
             self.cfg, files, duplicates, distinct_ids, scores,
             group_stats=group_stats[0] if group_stats else None,
-            canaries=canaries[0] if canaries else None)
+            canaries=canaries[0] if canaries else None,
+            store_files=list(store_files),
+            store_stats=store_stats[0] if store_stats else None)
 
 
 class Finalize(beam.PTransform):
     """{'labels': label tables, 'written': {'labels', 'rejects'}: the files both writes
-    finished, 'groups': {'files', 'stats'}, 'review': files, 'canaries': metrics} (the
-    last three empty when not asked for) -> the summary written. The job's last step:
-    it takes every write's output as a side input, so it runs after all have finished,
-    on every runner; it counts, checks, gates and publishes
-    (`pipeline.publish.finalize_run`). Duplicates, distinct ids and the score histogram
-    are computed here, exactly, by combiners over the label tables."""
+    finished, 'groups': {'files', 'stats'}, 'review': files, 'canaries': metrics (the
+    last three empty when not asked for), and with --embedding-store 'store': {'files',
+    'stats'}} -> the summary written. The job's last step: it takes every write's output
+    as a side input, so it runs after all have finished, on every runner; it counts,
+    checks, gates and publishes (`pipeline.publish.finalize_run`). Duplicates, distinct
+    ids and the score histogram are computed here, exactly, by combiners over the label
+    tables."""
 
     def __init__(self, cfg: JobConfig):
         super().__init__()
@@ -755,6 +988,10 @@ class Finalize(beam.PTransform):
     def expand(self, inputs):
         cfg = self.cfg
         labels = inputs["labels"]
+        store_inputs = {}
+        if "store" in inputs:
+            store_inputs = {"store_files": beam.pvalue.AsList(inputs["store"]["files"]),
+                            "store_stats": beam.pvalue.AsList(inputs["store"]["stats"])}
         duplicates = (
             labels
             | "DuplicatesPerTable" >> beam.Map(
@@ -779,5 +1016,6 @@ class Finalize(beam.PTransform):
                 scores=side.AsSingleton(scores),
                 group_stats=side.AsList(inputs["groups"]["stats"]),
                 canaries=side.AsList(inputs["canaries"]),
+                **store_inputs,
             )
         )

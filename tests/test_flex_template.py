@@ -115,7 +115,8 @@ def _sample(action: argparse.Action) -> tuple[str, object]:
         return "7", 7
     if action.type is float:
         return "0.25", 0.25
-    return {"input": "gs://b/p/*.parquet", "output": "gs://b/out", "model": "gs://b/m"}.get(
+    return {"input": "gs://b/p/*.parquet", "output": "gs://b/out", "model": "gs://b/m",
+            "embedding_store": "gs://b/store"}.get(
         action.dest, "col_x"
     ), None
 
