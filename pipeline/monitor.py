@@ -22,6 +22,10 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.io import SUMMARY, JobError
 
 SCORE_BINS = 20
 SCORE_EDGES = tuple(i / SCORE_BINS for i in range(SCORE_BINS + 1))
@@ -342,11 +346,6 @@ def read_canaries(path: str, schema: pa.Schema, id_column: str,
     """The canary file (the training data's schema: text_a, text_b, label 0/1) as a table
     in the job's input schema, ids 0..n-1 in its id column, other columns null; and the
     labels. Raises JobError naming the file, row or column."""
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
-    from pipeline.io import JobError
-
     try:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             table = pq.read_table(f)
@@ -383,8 +382,7 @@ def read_canaries(path: str, schema: pa.Schema, id_column: str,
 def read_baseline(output: str) -> dict:
     """`baseline_of` a finished run's summary.json; JobError naming --baseline when the
     directory holds no finished run or one written before runs kept a histogram."""
-    from pipeline.io import SUMMARY, JobError
-    from pipeline.publish import read_summary
+    from pipeline.publish import read_summary  # publish imports this module
 
     try:
         summary = read_summary(output)

@@ -19,6 +19,7 @@ dead-letter output) unless `--max-model-error-ratio 0` asks the job to fail at o
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING
 
@@ -939,8 +940,6 @@ class Canaries(beam.PTransform):
         self.cfg = cfg
 
     def expand(self, pbegin):
-        import dataclasses
-
         cfg = self.cfg
         plan = dataclasses.replace(cfg.plan, join="side-input", text_buckets=1)
         # Never from the embedding store: a canary must be encoded by tonight's model.
