@@ -422,6 +422,7 @@ SUPPLIED = dataflow_supplied("pairscore-test", "us-central1", "gs://pairscore-te
                              "gs://pairscore-test/staging", "pairscore-run-1")
 
 
+@pytest.mark.slow  # the CPU job is built in the default run
 def test_entry_point_builds_the_gpu_job_of_the_command(monkeypatch, network_refused):
     job_ = assert_same_job(monkeypatch, GPU, SUPPLIED)
     assert job_["machine_type"] == "g2-standard-4" and job_["image"] == IMAGE
@@ -439,6 +440,7 @@ def test_entry_point_builds_the_cpu_job_of_the_command(monkeypatch, network_refu
     assert network_refused == []
 
 
+@pytest.mark.slow  # two dry-run graphs
 def test_the_comparison_sees_a_different_flag(monkeypatch, network_refused):
     template = launched(monkeypatch, flex.main, [*(f"--{k}={v}" for k, v in CPU.items()),
                                                  *SUPPLIED])

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from pipeline import logs
 from tests.conftest import PAIRS, REPO, write_pairs
 
@@ -30,6 +32,7 @@ def test_filter_lines_drops_only_the_known_noise():
                    "Traceback (most recent call last):\nno newline at the end")
 
 
+@pytest.mark.slow  # a whole first run in a subprocess (about 45 s)
 def test_a_first_run_prints_no_start_up_noise_but_keeps_real_warnings(tmp_path, bilstm_model):
     src, out = tmp_path / "pairs.parquet", tmp_path / "out"
     write_pairs(src, PAIRS)

@@ -86,6 +86,7 @@ def _evaluate(model, data, capsys):
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow  # two real trainings (about 35 s)
 def test_training_learns_what_shuffled_labels_cannot_teach(tmp_path, capsys):
     """A short run must learn: on held-out pairs it beats the majority class and the same
     training on the same pairs with their labels shuffled (which holds out its own 10% for
