@@ -397,4 +397,7 @@ def read_baseline(output: str) -> dict:
     if not summary.get("scores"):
         raise JobError(f"--baseline {output}: its {SUMMARY} has no score histogram (a "
                        "run from before pairscore kept one)")
+    if list(summary["scores"].get("edges", [])) != list(SCORE_EDGES):
+        raise JobError(f"--baseline {output}: its score histogram has other bins than "
+                       f"this pairscore's ({SCORE_BINS} of width {1 / SCORE_BINS:g})")
     return baseline_of(summary, output)

@@ -310,6 +310,7 @@ def test_canaries_that_pass_do_not_hold_the_run(tmp_path, bilstm_model):
     (["--max-reject-rate", "1.5"], "--max-reject-rate 1.5 is outside [0, 1]"),
     (["--review-pairs", "-1"], "--review-pairs -1"),
     (["--baseline", "{tmp}/nowhere"], "--baseline {tmp}/nowhere: no summary.json there"),
+    (["--baseline", "{tmp}/tenbins"], "its score histogram has other bins"),
     (["--canaries", "{tmp}/pairs.parquet"], "column(s) label missing"),
     (["--canaries", "{tmp}/bad.parquet"], "row 1: label 2, expected 0 or 1"),
 ])
@@ -318,6 +319,10 @@ def test_bad_morning_check_flags_stop_the_run_before_any_work(tmp_path, bilstm_m
     src, out = tmp_path / "pairs.parquet", tmp_path / "out"
     write_pairs(src, ROWS)
     _canaries(tmp_path / "bad.parquet", [("a", "b", 1), ("c", "d", 2)])
+    (tmp_path / "tenbins").mkdir()
+    (tmp_path / "tenbins" / "summary.json").write_text(json.dumps({
+        "status": "published", "scores": {"edges": [i / 10 for i in range(11)],
+                                          "counts": [1] * 10}}))
     flags = [f.format(tmp=tmp_path) for f in flags]
     capsys.readouterr()
     assert _score(src, out, bilstm_model, *flags) == 2
