@@ -34,9 +34,11 @@ browser:
 	    echo "make browser: no chromium, and no apt-get as root to install it; the browser test will skip"; \
 	  fi; }
 
-# Exit 5 (no tests collected) is a failure, not a pass.
+# Exit 5 (no tests collected) is a failure, not a pass. TEST_WORKERS pytest-xdist processes
+# (each loads TensorFlow, about 2 GB: raise it only with the memory for it).
+TEST_WORKERS ?= 2
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -m "not slow" -q; rc=$$?; \
+	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 test-slow: $(STAMP)

@@ -28,6 +28,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=8,<10",
+            "pytest-xdist>=3.5,<4",
             "hypothesis>=6.100,<7",
             "gcp-storage-emulator>=2024.8,<2027",
             "moto[server]>=5.1,<6",
