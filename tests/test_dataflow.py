@@ -10,6 +10,7 @@ docs/dataflow.md is run too, so the docs cannot drift from a job that builds.
 import re
 import shlex
 import socket
+import threading
 
 import pytest
 from apache_beam.internal import pickler
@@ -48,11 +49,17 @@ STAGES = {
 
 @pytest.fixture
 def no_network(monkeypatch):
-    """Every socket connection fails and is recorded: a dry run must make none."""
+    """Every socket connection fails and is recorded: a dry run must make none. Recorded
+    with the thread that tried. A thread left running by an earlier test in this process
+    (a storage emulator's, a client's pool) is refused too but not recorded: it is not the
+    dry run's (with pytest-xdist, which tests ran before in a worker varies)."""
     attempts = []
+    main = threading.main_thread()
+    earlier = {t.ident for t in threading.enumerate() if t is not main}
 
     def refuse(sock, address):
-        attempts.append(address)
+        if threading.get_ident() not in earlier:
+            attempts.append((address, threading.current_thread().name))
         raise OSError(f"test: no network ({address})")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
