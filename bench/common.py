@@ -126,6 +126,17 @@ def run_child(cmd: list[str]) -> dict:
     return json.loads(lines[-1])
 
 
+def child_argv(argv: list[str], switch: str) -> tuple[bool, list[str]]:
+    """A benchmark child's command line after `--child` (and its own arguments): whether
+    `switch` leads it, and the job's flags after the `--`. Sets quiet logging."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    on = bool(argv) and argv[0] == switch
+    rest = argv[1:] if on else argv
+    return on, rest[1:] if rest and rest[0] == "--" else rest
+
+
 def job_args(inp: str, out: str, model: str, *extra: str) -> list[str]:
     return ["--input", inp, "--output", out, "--model", model, "--overwrite", *extra]
 

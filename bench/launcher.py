@@ -132,13 +132,7 @@ def run(small: int, large: int, kind: str, real: bool) -> dict:
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
-        import logging
-
-        logging.basicConfig(level=logging.WARNING)
-        rest = argv[1:]
-        noop = bool(rest) and rest[0] == "--noop"
-        rest = rest[1:] if noop else rest
-        rest = rest[1:] if rest and rest[0] == "--" else rest
+        noop, rest = common.child_argv(argv[1:], "--noop")
         print(json.dumps(child(rest, noop)))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

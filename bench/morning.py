@@ -117,14 +117,8 @@ def run(pairs: int, repeats: int, real: bool) -> dict:
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
-        import logging
-
-        logging.basicConfig(level=logging.WARNING)
-        variant, rest = argv[1], argv[2:]
-        real = bool(rest) and rest[0] == "--real"
-        rest = rest[1:] if real else rest
-        rest = rest[1:] if rest and rest[0] == "--" else rest
-        print(json.dumps(child(variant, rest, real)))
+        real, rest = common.child_argv(argv[2:], "--real")
+        print(json.dumps(child(argv[1], rest, real)))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=100_000)
