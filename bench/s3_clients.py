@@ -5,7 +5,7 @@
 Starts a moto S3 server on 127.0.0.1, uploads a tiny model and FILES Parquet files of
 pairs, then runs the same `pairscore score` job in fresh processes, alternating: "beam"
 (Beam 2.77's own behaviour: a boto3 Session and client per file operation) and "shared"
-(`pipeline.s3clients`: one per process and setting). Prints each run and the ratio
+(`model.storage`: one per process and setting). Prints each run and the ratio
 beam / shared of the median wall times. No ../shared/data needed: the texts are synthetic
 and the model is a tiny BiLSTM, so the job time is mostly storage round trips.
 """

@@ -19,8 +19,9 @@ import dataclasses
 import datetime
 import enum
 import json
-import posixpath
 from typing import Any
+
+from model.storage import filesystems, join
 
 FORMAT_VERSION = 1
 METADATA_FILE = "pairscore.json"
@@ -145,28 +146,6 @@ def _check_manifest(manifest: Any, source: str) -> None:
             )
 
 
-def filesystems():
-    """Beam's `FileSystems`, ready for local paths, gs:// and s3:// outside a pipeline."""
-    # Imported lazily so that model code can run without Beam's filesystem registry.
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.options.value_provider import RuntimeValueProvider
-
-    if FileSystems._pipeline_options is None and RuntimeValueProvider.runtime_options is None:
-        # Outside a pipeline (evaluate, scripts) nothing has set Beam's options, and its
-        # S3 filesystem then refuses every call ("Must provide one of client or
-        # options"). Defaults leave credentials and endpoint to boto3's own chain
-        # (AWS_* variables, AWS_ENDPOINT_URL); a job's own options replace these.
-        from apache_beam.options.pipeline_options import PipelineOptions
-
-        FileSystems.set_options(PipelineOptions([]))
-    # Beam builds a boto3 client per S3 call (~0.3 s each); share one per process, as
-    # the pipeline's workers do.
-    from pipeline import s3clients
-
-    s3clients.share()
-    return FileSystems
-
-
 def read_metadata(model_dir: str) -> ModelMetadata:
     """Read and check `pairscore.json` from a local or remote model directory."""
     path = join(model_dir, METADATA_FILE)
@@ -197,12 +176,3 @@ def check_model_dir(model_dir: str) -> ModelMetadata:
             f"(a pairscore model dir holds {', '.join(REQUIRED_FILES)} and variables/)"
         )
     return read_metadata(model_dir)
-
-
-def join(base: str, *parts: str) -> str:
-    """Join path parts for local paths and URLs (gs://, s3://) alike."""
-    if "://" in base:
-        return posixpath.join(base, *parts)
-    import os
-
-    return os.path.join(base, *parts)

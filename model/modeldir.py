@@ -40,9 +40,8 @@ from model.config import (
     ModelDirError,
     ModelMetadata,
     check_model_dir,
-    filesystems,
-    join,
 )
+from model.storage import filesystems, join
 
 log = logging.getLogger("pairscore.modeldir")
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from model.config import ModelMetadata
 from model.modeldir import ModelDir
-from pipeline.packing import encode_texts, pad_rows, token_lengths
+from model.tokenization import encode_texts, pad_rows, token_lengths
 
 
 def load_saved_model(model_dir: str):

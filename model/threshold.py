@@ -139,8 +139,9 @@ def choose_threshold(scores, labels, metric: str, target: float,
 def write_with_threshold(model_dir: str, output: str, choice: ThresholdChoice) -> None:
     """Copy `model_dir` to `output` (any Beam filesystem), every file unchanged but
     pairscore.json, whose threshold and threshold_choice record are the new ones."""
-    from model.config import METADATA_FILE, filesystems, join
+    from model.config import METADATA_FILE
     from model.modeldir import ModelDir
+    from model.storage import filesystems, join
 
     fs = filesystems()
     if output.rstrip("/") == model_dir.rstrip("/"):

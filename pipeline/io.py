@@ -31,11 +31,11 @@ import pyarrow.parquet as pq
 from apache_beam.io import parquetio
 from apache_beam.io.filesystems import FileSystems
 
-from model.config import join
-from pipeline import s3clients
+from model import storage
+from model.storage import join
 from pipeline.validate import decode_dictionaries, decode_schema
 
-s3clients.share()
+storage.share()
 
 LABELS = "labels"
 REJECTS = "rejects"
@@ -535,3 +535,12 @@ def write_json(path: str, data: dict) -> None:
 
 def basename(path: str) -> str:
     return posixpath.basename(path.rstrip("/"))
+
+
+def read_summary(output: str) -> dict | None:
+    """OUT/summary.json, or None when the run wrote none."""
+    path = join(output, SUMMARY)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as f:
+        return json.loads(f.read())

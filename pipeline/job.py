@@ -35,87 +35,15 @@ from model.config import ModelDirError
 from model.modeldir import ModelDir
 from pipeline import io as pio
 from pipeline import monitor, planning, profiles, publish, stages, store
+from pipeline.config import JobConfig
 from pipeline.io import JobError
 from pipeline.options import ScoreOptions, check_known_flags
-from pipeline.validate import ERROR, REASON
 
 log = logging.getLogger("pairscore.job")
 NAMESPACE = "pairscore"
 FNAPI = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 # Distinct ids per CombinePerKey key when counting them: bounds one worker's share.
 IDS_PER_BUCKET = 2_000_000
-
-
-@dataclasses.dataclass
-class JobConfig:
-    """Everything the transforms need, resolved and checked before the pipeline runs."""
-
-    input: str
-    output: str
-    model: str
-    id_column: str
-    text_columns: tuple[str, str]
-    keep_columns: list[str]
-    threshold: float
-    fingerprint: str
-    max_length: int
-    min_tokens: int
-    batch_size: int
-    max_batch_tokens: int
-    rebatch_rows: int
-    input_schema: pa.Schema
-    rows_in: int | None
-    # The files matched at launch, and their rows: exactly what the job reads.
-    input_files: list[str] = dataclasses.field(default_factory=list)
-    input_file_rows: list[int] = dataclasses.field(default_factory=list)
-    large_model: bool = False
-    model_copies: int | None = None
-    plan: planning.Plan = dataclasses.field(default_factory=planning.Plan)
-    precision: str = "float32"
-    max_model_error_ratio: float = 0.001
-    run_id: str = ""
-    runner: str = ""
-    launched_at: float = 0.0  # epoch seconds
-    id_buckets: int = 1  # distinct-id count: CombinePerKey keys
-    group_by: tuple[str, str] | None = None  # --group-by: each side's record id column
-    max_group_size: int = 1000
-    max_group_edges: int = 20_000_000
-    # The morning check (pipeline/monitor.py): baseline figures, gate limits by name,
-    # canary pairs (in the input schema, ids 0..n-1) and their labels, review size.
-    baseline: dict | None = None
-    gates: dict = dataclasses.field(default_factory=dict)
-    canaries: pa.Table | None = None
-    canary_labels: list = dataclasses.field(default_factory=list)
-    canary_file: str | None = None
-    review_pairs: int = 1000
-    canary_branch: bool = False  # this config scores the canaries, not the night's pairs
-    # --embedding-store: the generations pinned at launch, where this run writes its own.
-    store: store.StoreSpec | None = None
-
-    @property
-    def fail_fast(self) -> bool:
-        """No dead-letter output for model errors: the first failed batch fails the job."""
-        return self.max_model_error_ratio == 0
-
-    @property
-    def label_schema(self) -> pa.Schema:
-        fields = [self.input_schema.field(self.id_column)]
-        fields += [pa.field("score", pa.float32()), pa.field("is_duplicate", pa.bool_())]
-        fields += [self.input_schema.field(c) for c in self.keep_columns]
-        return pa.schema(
-            fields,
-            metadata={
-                "pairscore.model_fingerprint": self.fingerprint,
-                "pairscore.threshold": repr(self.threshold),
-                "pairscore.model": self.model,
-                "pairscore.run_id": self.run_id,
-            },
-        )
-
-    @property
-    def reject_schema(self) -> pa.Schema:
-        return self.input_schema.append(pa.field(REASON, pa.string())).append(
-            pa.field(ERROR, pa.string()))
 
 
 def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
@@ -374,7 +302,7 @@ def run(argv=None, save_main_session=False, test_pipeline=None) -> PipelineResul
         # The final step explains a withheld output in summary.json, and has released
         # the marker then.
         pio.release_run_marker(cfg.output, cfg.run_id)
-        summary = publish.read_summary(cfg.output)
+        summary = pio.read_summary(cfg.output)
         if summary is not None and summary.get("run_id") == cfg.run_id and summary.get("error"):
             gated = summary.get("status") == publish.GATED
             raise (pio.JobGated if gated else JobError)(summary["error"]) from e
@@ -382,7 +310,7 @@ def run(argv=None, save_main_session=False, test_pipeline=None) -> PipelineResul
             f"the job failed, {pio.SUCCESS} not written: {type(e).__name__}: {e}"
         ) from e
     # The pipeline has published (or refused to); all that is left is to read its summary.
-    summary = publish.read_summary(cfg.output) or {}
+    summary = pio.read_summary(cfg.output) or {}
     if summary.get("run_id") != cfg.run_id or summary.get("status") != publish.PUBLISHED:
         raise JobError(f"the job finished but left no summary of run {cfg.run_id} in "
                        f"{cfg.output}; {pio.SUCCESS} not written")

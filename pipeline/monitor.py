@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.io import SUMMARY, JobError
+from pipeline.io import SUMMARY, JobError, read_summary
 
 SCORE_BINS = 20
 SCORE_EDGES = tuple(i / SCORE_BINS for i in range(SCORE_BINS + 1))
@@ -382,8 +382,6 @@ def read_canaries(path: str, schema: pa.Schema, id_column: str,
 def read_baseline(output: str) -> dict:
     """`baseline_of` a finished run's summary.json; JobError naming --baseline when the
     directory holds no finished run or one written before runs kept a histogram."""
-    from pipeline.publish import read_summary  # publish imports this module
-
     try:
         summary = read_summary(output)
     except Exception as e:  # noqa: BLE001  (unreadable JSON, storage error)

@@ -18,7 +18,6 @@ moved counts and moves the rest; summary.json and _SUCCESS are simply written ag
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 
@@ -26,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from model.config import join
+from model.storage import join
 from pipeline import io as pio
 from pipeline import monitor
 from pipeline.validate import MODEL_ERROR
@@ -285,7 +284,7 @@ def accept_run(output: str, stale_run_after: float = pio.STALE_RUN_AFTER_S) -> d
     at it, without scoring again. Holds the output's run marker meanwhile, counts the
     staged files again and publishes only if they still add up to the run's summary
     (scored, rejected, rows_in). Returns the summary written; raises JobError."""
-    summary = read_summary(output)
+    summary = pio.read_summary(output)
     if summary is None:
         raise pio.JobError(f"{output}: no {pio.SUMMARY}; nothing to publish")
     status = summary.get("status")
@@ -322,12 +321,3 @@ def accept_run(output: str, stale_run_after: float = pio.STALE_RUN_AFTER_S) -> d
         marker.release()
         raise
     return summary
-
-
-def read_summary(output: str) -> dict | None:
-    """OUT/summary.json, or None when the run wrote none."""
-    path = join(output, pio.SUMMARY)
-    if not FileSystems.exists(path):
-        return None
-    with FileSystems.open(path) as f:
-        return json.loads(f.read())

@@ -19,8 +19,8 @@ import html
 import io
 import shlex
 
-from model.config import join
 from model.report import STYLE, _figure_block, _fmt, _pyplot, _save
+from model.storage import join
 from pipeline.io import REPORT, write_text
 
 # A page must stay small enough to open: longer lists are cut, summary.json has them all.

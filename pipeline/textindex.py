@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.packing import encode_texts, pad_rows, plan_batches, token_lengths
+from model.tokenization import encode_texts, pad_rows, token_lengths
+from pipeline.packing import plan_batches
 
 NO_TOKENS = "no_tokens"
 

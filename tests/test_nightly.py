@@ -132,7 +132,7 @@ def night(tmp_path_factory, bilstm_model):
     level, log.level = log.level, logging.INFO
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(stages._ThresholdFn, "PROGRESS_EVERY_S", 0.0)
+            mp.setattr(stages.score._ThresholdFn, "PROGRESS_EVERY_S", 0.0)
             assert _score(src, out, bilstm_model, "--review-pairs", 7, "--threshold", 0.5,
                           "--batch-size", 4) == 0
     finally:

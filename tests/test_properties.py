@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from model import tokenization
+from model.tokenization import encode_texts
 from pipeline import job
-from pipeline.packing import PackedBatch, encode_texts, label_table, pack_table
+from pipeline.packing import PackedBatch, label_table, pack_table
 from pipeline.validate import REASON, REASONS, validate_table
 from tests.conftest import PAIRS
 

@@ -13,9 +13,10 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
 
 from model import tokenization
+from model.tokenization import pad_rows
 from pipeline import job, planning, stages, textindex
 from pipeline.handler import LoadedPairModel
-from pipeline.packing import pad_rows, plan_batches
+from pipeline.packing import plan_batches
 from tests import tiny
 
 TEXTS = [

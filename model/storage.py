@@ -1,18 +1,20 @@
-"""One boto3 S3 client per process and setting, instead of one per file operation.
+"""Storage helpers shared by model/ and pipeline/: paths for local files and URLs alike,
+Beam's FileSystems ready outside a pipeline, and one boto3 S3 client per process.
 
-Beam's S3 filesystem (2.77) builds `S3IO(options)`, and with it a new boto3 Session and
-client, for every exists, size, open, list, copy, rename and delete. A new Session loads
+One boto3 S3 client per process and setting, instead of one per file operation: Beam's
+S3 filesystem (2.77) builds `S3IO(options)`, and with it a new boto3 Session and client,
+for every exists, size, open, list, copy, rename and delete. A new Session loads
 botocore's service model again: about 0.1-0.3 s each, which made most of an s3:// job's
 time. boto3 clients are thread-safe, so the low-level client is shared per (process, S3
-settings); each Beam `Client` wrapper keeps its own download state as before.
-
-`share()` is called when `pipeline.io` is imported, which Beam workers do when they load
-the job's DoFns, so workers share their clients too.
+settings); each Beam `Client` wrapper keeps its own download state as before. `share()`
+is called when `pipeline.io` is imported, which Beam workers do when they load the job's
+DoFns, so workers share their clients too.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import threading
 
 _SETTINGS = (
@@ -76,3 +78,30 @@ def created() -> int:
     """Low-level clients created so far by this process (for tests and logs)."""
     with _lock:
         return len(_clients)
+
+
+def filesystems():
+    """Beam's `FileSystems`, ready for local paths, gs:// and s3:// outside a pipeline."""
+    # Imported lazily so that model code can run without Beam's filesystem registry.
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.value_provider import RuntimeValueProvider
+
+    if FileSystems._pipeline_options is None and RuntimeValueProvider.runtime_options is None:
+        # Outside a pipeline (evaluate, scripts) nothing has set Beam's options, and its
+        # S3 filesystem then refuses every call ("Must provide one of client or
+        # options"). Defaults leave credentials and endpoint to boto3's own chain
+        # (AWS_* variables, AWS_ENDPOINT_URL); a job's own options replace these.
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        FileSystems.set_options(PipelineOptions([]))
+    # Beam builds a boto3 client per S3 call (~0.3 s each); share one per process, as
+    # the pipeline's workers do.
+    share()
+    return FileSystems
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts for local paths and URLs (gs://, s3://) alike."""
+    if "://" in base:
+        return posixpath.join(base, *parts)
+    return os.path.join(base, *parts)

@@ -1,0 +1,83 @@
+"""JobConfig: everything the scoring job's stages need, resolved and checked at launch by
+`pipeline.job.resolve`. The stages and the final step read it; nothing here reads storage."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pyarrow as pa
+
+from pipeline import planning, store
+from pipeline.validate import ERROR, REASON
+
+
+@dataclasses.dataclass
+class JobConfig:
+    """Everything the transforms need, resolved and checked before the pipeline runs."""
+
+    input: str
+    output: str
+    model: str
+    id_column: str
+    text_columns: tuple[str, str]
+    keep_columns: list[str]
+    threshold: float
+    fingerprint: str
+    max_length: int
+    min_tokens: int
+    batch_size: int
+    max_batch_tokens: int
+    rebatch_rows: int
+    input_schema: pa.Schema
+    rows_in: int | None
+    # The files matched at launch, and their rows: exactly what the job reads.
+    input_files: list[str] = dataclasses.field(default_factory=list)
+    input_file_rows: list[int] = dataclasses.field(default_factory=list)
+    large_model: bool = False
+    model_copies: int | None = None
+    plan: planning.Plan = dataclasses.field(default_factory=planning.Plan)
+    precision: str = "float32"
+    max_model_error_ratio: float = 0.001
+    run_id: str = ""
+    runner: str = ""
+    launched_at: float = 0.0  # epoch seconds
+    id_buckets: int = 1  # distinct-id count: CombinePerKey keys
+    group_by: tuple[str, str] | None = None  # --group-by: each side's record id column
+    max_group_size: int = 1000
+    max_group_edges: int = 20_000_000
+    # The morning check (pipeline/monitor.py): baseline figures, gate limits by name,
+    # canary pairs (in the input schema, ids 0..n-1) and their labels, review size.
+    baseline: dict | None = None
+    gates: dict = dataclasses.field(default_factory=dict)
+    canaries: pa.Table | None = None
+    canary_labels: list = dataclasses.field(default_factory=list)
+    canary_file: str | None = None
+    review_pairs: int = 1000
+    canary_branch: bool = False  # this config scores the canaries, not the night's pairs
+    # --embedding-store: the generations pinned at launch, where this run writes its own.
+    store: store.StoreSpec | None = None
+
+    @property
+    def fail_fast(self) -> bool:
+        """No dead-letter output for model errors: the first failed batch fails the job."""
+        return self.max_model_error_ratio == 0
+
+    @property
+    def label_schema(self) -> pa.Schema:
+        fields = [self.input_schema.field(self.id_column)]
+        fields += [pa.field("score", pa.float32()), pa.field("is_duplicate", pa.bool_())]
+        fields += [self.input_schema.field(c) for c in self.keep_columns]
+        return pa.schema(
+            fields,
+            metadata={
+                "pairscore.model_fingerprint": self.fingerprint,
+                "pairscore.threshold": repr(self.threshold),
+                "pairscore.model": self.model,
+                "pairscore.run_id": self.run_id,
+            },
+        )
+
+    @property
+    def reject_schema(self) -> pa.Schema:
+        return self.input_schema.append(pa.field(REASON, pa.string())).append(
+            pa.field(ERROR, pa.string()))
