@@ -58,6 +58,12 @@ class JobConfig:
     store: store.StoreSpec | None = None
 
     @property
+    def counter_prefix(self) -> str:
+        """Before each Beam counter's name: the canaries count under their own names
+        (canary_rows_scored, ...), so the night's counters hold the night's rows only."""
+        return "canary_" if self.canary_branch else ""
+
+    @property
     def fail_fast(self) -> bool:
         """No dead-letter output for model errors: the first failed batch fails the job."""
         return self.max_model_error_ratio == 0

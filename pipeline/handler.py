@@ -130,8 +130,11 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
         model_copies: int | None = None,
         precision: str = "float32",
         shared: Shared | None = None,
+        counter_prefix: str = "",
     ):
         super().__init__(large_model=large_model, model_copies=model_copies)
+        # "canary_" for the canaries' scoring: their counters are not the night's.
+        self._counter_prefix = counter_prefix
         self._model_dir = model_dir
         self._precision = precision
         # Handlers given the same Shared handle (unique-text mode's encode and
@@ -162,12 +165,12 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
         )(self._apply)
         scored = call(batch, model)
         # RunInference's own num_inferences counts rows here (each element is a batch).
-        Metrics.counter(NAMESPACE, "model_calls").inc()
+        self._counter("model_calls").inc()
         self._count_device(model, len(scored))
         return [scored]
 
     def _retrying(self, batch) -> None:
-        Metrics.counter(NAMESPACE, "score_retries").inc()
+        self._counter("score_retries").inc()
         log.warning("a model call on %d rows failed with a transient error; retrying",
                     len(batch))
 
@@ -181,7 +184,7 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
             log.info("scoring %s on %s", self._model_dir, self._device)
         device = self._device.upper()
         kind = "gpu" if ":GPU:" in device else "cpu" if "CPU" in device else "unknown"
-        Metrics.counter(NAMESPACE, f"rows_scored_on_{kind}").inc(rows)
+        self._counter(f"rows_scored_on_{kind}").inc(rows)
 
     def _apply(self, packed: PackedBatch, model: LoadedPairModel) -> PackedBatch:
         """One model call on one batch; unique-text mode's handlers call other signatures."""
@@ -191,8 +194,13 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
     def get_num_bytes(self, batch: PackedBatch) -> int:
         return batch.left.nbytes + batch.right.nbytes
 
+    def _counter(self, name: str):
+        return Metrics.counter(NAMESPACE, self._counter_prefix + name)
+
     def get_metrics_namespace(self) -> str:
-        return NAMESPACE
+        # RunInference's own metrics (num_inferences, latencies): the canaries' apart.
+        return NAMESPACE + ("_" + self._counter_prefix.rstrip("_") if self._counter_prefix
+                            else "")
 
 
 class EncodeHandler(PairModelHandler):

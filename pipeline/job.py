@@ -36,11 +36,11 @@ from model.modeldir import ModelDir
 from pipeline import io as pio
 from pipeline import monitor, planning, profiles, publish, stages, store
 from pipeline.config import JobConfig
+from pipeline.handler import NAMESPACE
 from pipeline.io import JobError
 from pipeline.options import ScoreOptions, check_known_flags
 
 log = logging.getLogger("pairscore.job")
-NAMESPACE = "pairscore"
 FNAPI = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 # Distinct ids per CombinePerKey key when counting them: bounds one worker's share.
 IDS_PER_BUCKET = 2_000_000

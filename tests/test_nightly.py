@@ -12,7 +12,7 @@ from conftest import PAIRS, write_pairs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import cli, monitor, stages
+from pipeline import cli, job, monitor, stages
 
 # --- plain functions --------------------------------------------------------------------
 
@@ -335,3 +335,23 @@ def test_progress_lines_name_done_of_rows_in_and_an_eta(night):
     assert len(lines) >= 2, night[3]
     assert all(f" of {len(ROWS)} pairs (" in line and "ETA" in line for line in lines)
     assert lines[-1].startswith(f"scored {len(ROWS)} of {len(ROWS)} pairs (100.0%)")
+
+
+def test_the_nights_counters_leave_the_canaries_out(tmp_path, bilstm_model):
+    """Beam's counters of a run with canaries: the night's names count the input's rows
+    only (so rows_scored / rows_in never passes 100%); the canaries' rows count under
+    canary_* names."""
+    src, canaries, out = tmp_path / "pairs.parquet", tmp_path / "c.parquet", tmp_path / "out"
+    write_pairs(src, ROWS)
+    _canaries(canaries, CANARIES)
+    result = job.run(["--input", str(src), "--output", str(out), "--model", bilstm_model,
+                      "--threshold", "0.0", "--canaries", str(canaries), "--review-pairs", "0"])
+    summary, counters = result.summary, result.summary["counters"]
+    assert counters["rows_in"] == summary["rows_in"] == len(ROWS)
+    assert counters["rows_read"] == len(ROWS)
+    assert counters["rows_scored"] == summary["scored"]
+    assert counters.get("rows_rejected", 0) == summary["rejected"]
+    assert counters["canary_rows_read"] == len(CANARIES)
+    assert counters["canary_rows_scored"] == summary["canaries"]["scored"] == 4
+    assert counters["canary_rows_rejected"] == 1
+    assert counters["model_calls"] >= 1 and counters["canary_model_calls"] >= 1

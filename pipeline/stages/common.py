@@ -9,16 +9,15 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from model.modeldir import ModelDir
+from pipeline.handler import NAMESPACE
 
 if TYPE_CHECKING:
     from pipeline.config import JobConfig
 
-NAMESPACE = "pairscore"
 
-
-def counter(name: str):
-    """The job's counter `name` (namespace "pairscore"), as summary.json's counters."""
-    return Metrics.counter(NAMESPACE, name)
+def counter(name: str, cfg: JobConfig | None = None):
+    """The job's counter `name` (namespace "pairscore"), after `cfg.counter_prefix`."""
+    return Metrics.counter(NAMESPACE, (cfg.counter_prefix if cfg else "") + name)
 
 
 def load_tokenizer(cfg: JobConfig):

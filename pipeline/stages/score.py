@@ -38,8 +38,8 @@ class _ValidateFn(beam.DoFn):
         self.text_columns = cfg.text_columns
         self.record_columns = tuple(cfg.group_by or ())
         self.count = count
-        self.rows_read = counter("rows_read")
-        self.rejected = counter("rows_rejected")
+        self.rows_read = counter("rows_read", cfg)
+        self.rejected = counter("rows_rejected", cfg)
 
     def process(self, table):
         valid, rejects = validate_table(table, self.id_column, self.text_columns,
@@ -117,9 +117,9 @@ class Rebatch(beam.PTransform):
 class _TokenizePairsFn(beam.DoFn):
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
-        self.rejected = counter("rows_rejected")
-        self.real = counter("real_tokens")
-        self.computed = counter("computed_tokens")
+        self.rejected = counter("rows_rejected", cfg)
+        self.real = counter("real_tokens", cfg)
+        self.computed = counter("computed_tokens", cfg)
 
     def setup(self):
         self.tokenizer = load_tokenizer(self.cfg)
@@ -155,28 +155,30 @@ class TokenizePairs(beam.PTransform):
 
 def handler_for(cls, cfg: JobConfig, shared: Shared | None = None) -> PairModelHandler:
     return cls(cfg.model, large_model=cfg.large_model, model_copies=cfg.model_copies,
-               precision=cfg.precision, shared=shared)
+               precision=cfg.precision, shared=shared, counter_prefix=cfg.counter_prefix)
 
 
-def rows_failed(batch, error) -> pa.Table:
+def rows_failed(batch, error, cfg: JobConfig) -> pa.Table:
     # Counted here, where the rows leave the model branch for the rejects.
-    counter("rows_rejected").inc(len(batch))
-    counter("model_errors").inc(len(batch))
+    counter("rows_rejected", cfg).inc(len(batch))
+    counter("model_errors", cfg).inc(len(batch))
     return model_error_rows(batch.rows, error)
 
 
 class RunModel(beam.PTransform):
     """Model batches -> {'scored': the same batches with scores or embeddings,
-    'failed': `on_failure(batch, exception)` for each batch that failed after its retries}.
+    'failed': `on_failure(batch, exception, cfg)` for each batch that failed after its
+    retries}.
 
     RunInference with `handler.with_no_batching()` (each element is already one model
-    batch) and, unless `fail_fast`, its dead-letter output."""
+    batch) and, unless `cfg.fail_fast`, its dead-letter output."""
 
-    def __init__(self, handler: PairModelHandler, on_failure, fail_fast: bool):
+    def __init__(self, handler: PairModelHandler, on_failure, cfg: JobConfig):
         super().__init__()
         self.handler = handler
         self.on_failure = on_failure
-        self.fail_fast = fail_fast
+        self.cfg = cfg
+        self.fail_fast = cfg.fail_fast
 
     def expand(self, batches):
         inference = RunInference(self.handler.with_no_batching())
@@ -184,7 +186,9 @@ class RunModel(beam.PTransform):
             scored = batches | "RunInference" >> inference
             return {"scored": scored, "failed": scored.pipeline | "NoFailures" >> beam.Create([])}
         scored, dead = batches | "RunInference" >> inference.with_exception_handling()
-        failed = dead.failed_inferences | "Failed" >> beam.MapTuple(self.on_failure)
+        on_failure, cfg = self.on_failure, self.cfg
+        failed = dead.failed_inferences | "Failed" >> beam.Map(
+            lambda dead_letter: on_failure(*dead_letter, cfg))
         return {"scored": scored, "failed": failed}
 
 
@@ -204,8 +208,8 @@ class _ThresholdFn(beam.DoFn):
         if self.review:
             self.review_columns = (cfg.id_column, cfg.text_columns)
             self.review_schema = review_schema(cfg)
-        self.scored = counter("rows_scored")
-        self.duplicates = counter("duplicates")
+        self.scored = counter("rows_scored", cfg)
+        self.duplicates = counter("duplicates", cfg)
 
     def setup(self):
         import logging
@@ -274,7 +278,7 @@ class ScorePairs(beam.PTransform):
         rebatched = checked["valid"] | "Rebatch" >> Rebatch(cfg.rebatch_rows)
         packed = rebatched | "Tokenize" >> TokenizePairs(cfg)
         scored = packed["batches"] | "Score" >> RunModel(
-            handler_for(PairModelHandler, cfg), rows_failed, fail_fast=cfg.fail_fast)
+            handler_for(PairModelHandler, cfg), rows_failed, cfg)
         labelled = scored["scored"] | "Threshold" >> Threshold(cfg)
         rejects = ((checked["rejects"], packed["rejects"], scored["failed"])
                    | "MergeRejects" >> beam.Flatten())

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from pipeline.config import JobConfig
 
 
-def texts_failed(batch, error) -> textindex.TextBatch:
-    counter("texts_failed").inc(len(batch))
+def texts_failed(batch, error, cfg: JobConfig) -> textindex.TextBatch:
+    counter("texts_failed", cfg).inc(len(batch))
     return textindex.TextBatch(batch.texts, None, reason=MODEL_ERROR,
                                error=describe_error(error))
 
@@ -53,9 +53,9 @@ class _SplitTextsFn(beam.DoFn):
 class _TokenizeTextsFn(beam.DoFn):
     def __init__(self, cfg: JobConfig):
         self.cfg = cfg
-        self.real = counter("real_tokens")
-        self.computed = counter("computed_tokens")
-        self.distinct = counter("texts_encoded")
+        self.real = counter("real_tokens", cfg)
+        self.computed = counter("computed_tokens", cfg)
+        self.distinct = counter("texts_encoded", cfg)
 
     def setup(self):
         self.tokenizer = load_tokenizer(self.cfg)
@@ -107,8 +107,7 @@ class EncodeDistinctTexts(beam.PTransform):
         to_encode = batches | "HasTokens" >> beam.Filter(lambda b: b.ids is not None)
         no_tokens = batches | "NoTokens" >> beam.Filter(lambda b: b.ids is None)
         encoded = to_encode | "Encode" >> RunModel(
-            handler_for(EncodeHandler, cfg, self.shared), texts_failed,
-            fail_fast=cfg.fail_fast)
+            handler_for(EncodeHandler, cfg, self.shared), texts_failed, cfg)
         out = {"texts": (encoded["scored"], encoded["failed"], no_tokens, *found)
                | "AllTexts" >> beam.Flatten()}
         if cfg.store is not None:
@@ -143,8 +142,8 @@ class _IndexFn(beam.CombineFn):
 
 
 class _CountRejects(beam.DoFn):
-    def __init__(self):
-        self.rejected = counter("rows_rejected")
+    def __init__(self, cfg: JobConfig):
+        self.rejected = counter("rows_rejected", cfg)
 
     def process(self, table):
         self.rejected.inc(table.num_rows)
@@ -179,7 +178,7 @@ class SideInputJoin(beam.PTransform):
         out = pairs | "Attach" >> beam.ParDo(
             _AttachFn(self.cfg), beam.pvalue.AsSingleton(index)
         ).with_outputs("rejects", main="batches")
-        rejects = out.rejects | "CountRejects" >> beam.ParDo(_CountRejects())
+        rejects = out.rejects | "CountRejects" >> beam.ParDo(_CountRejects(self.cfg))
         return {"batches": out.batches, "rejects": rejects}
 
 
@@ -240,7 +239,7 @@ class ShuffleJoin(beam.PTransform):
                 "rejects", main="batches")
         )
         rejects = ((left.rejects, right.rejects) | "MergeRejects" >> beam.Flatten()
-                   | "CountRejects" >> beam.ParDo(_CountRejects()))
+                   | "CountRejects" >> beam.ParDo(_CountRejects(self.cfg)))
         return {"batches": right.batches, "rejects": rejects}
 
 
@@ -268,8 +267,7 @@ class ScoreUniqueTexts(beam.PTransform):
         join = SideInputJoin if cfg.plan.join == "side-input" else ShuffleJoin
         joined = (rebatched, embedded["texts"]) | "JoinEmbeddings" >> join(cfg)
         scored = joined["batches"] | "ScoreEmbeddings" >> RunModel(
-            handler_for(ScoreEmbeddingsHandler, cfg, shared), rows_failed,
-            fail_fast=cfg.fail_fast)
+            handler_for(ScoreEmbeddingsHandler, cfg, shared), rows_failed, cfg)
         labelled = scored["scored"] | "Threshold" >> Threshold(cfg)
         rejects = ((checked["rejects"], joined["rejects"], scored["failed"])
                    | "MergeRejects" >> beam.Flatten())
