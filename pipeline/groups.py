@@ -4,8 +4,9 @@
 
 Every scored pair with `is_duplicate` is an edge between the records its two id columns
 name; a group is a connected component of two or more records, and its id is the
-smallest record id in it (the id type's own order), so a group that only grows keeps
-its id from one night to the next.
+smallest record id in it tonight (the id type's own order). A group that gains only
+larger ids keeps its id; one that gains a smaller id takes that id (edges (5, 7), then
+(3, 5) and (5, 7): id 5 becomes 3). Ids are not kept across nights.
 
 Algorithm and bound: the duplicate edges (only those: a few per cent of the pairs, as a
 rule) are gathered on one worker, record ids are mapped to integers with Arrow, and

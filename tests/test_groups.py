@@ -71,11 +71,16 @@ def test_self_pairs_repeats_and_reversed_pairs():
     assert _as_dict(table) == {"b": ("b", 2), "c": ("b", 2)}
 
 
-def test_a_group_that_grows_keeps_its_id():
+def test_a_group_id_is_tonights_smallest_record_id():
+    """The rule the README states: a group's id is the smallest record id among its
+    records tonight. A group gaining a larger id keeps its id; one gaining a smaller id
+    takes it (ids that last across nights are not promised)."""
     night1 = groups.connected_groups(pa.array([5, 7]), pa.array([7, 9]))
     night2 = groups.connected_groups(pa.array([5, 7, 9]), pa.array([7, 9, 12]))
     assert set(night1[groups.GROUP_ID].to_pylist()) == set(night2[groups.GROUP_ID].to_pylist())
     assert _as_dict(night2)[12] == (5, 4)
+    smaller = groups.connected_groups(pa.array([3, 5]), pa.array([5, 7]))
+    assert _as_dict(smaller) == {3: (3, 3), 5: (3, 3), 7: (3, 3)}
 
 
 def test_stats_histogram_largest_and_over_max():
@@ -143,6 +148,29 @@ def test_the_job_writes_groups_of_the_duplicate_pairs(tmp_path, bilstm_model, ca
              "--overwrite"])
     assert any("group 10 has 3 records, more than --max-group-size 2" in r.getMessage()
                for r in caplog.records)
+
+
+@pytest.mark.parametrize("id_type", [pa.int64(), pa.string()])
+def test_a_night_with_no_duplicates_publishes_empty_groups_of_the_ids_type(
+        tmp_path, bilstm_model, id_type):
+    """--threshold 1.0: no pair is a duplicate, so there are no edges at all. The night is
+    still published, its groups an empty table with the input's record id type."""
+    src, out = tmp_path / "pairs.parquet", tmp_path / "out"
+    ids = [1, 2, 3, 4] if id_type == pa.int64() else ["a", "b", "c", "d"]
+    pq.write_table(pa.table({
+        "pair_id": ["p1", "p2"], "left_id": pa.array(ids[:2], id_type),
+        "right_id": pa.array(ids[2:], id_type), "text_a": [SAME, OTHER],
+        "text_b": [SAME, OTHER]}), src)
+    result = job.run(["--input", str(src), "--output", str(out), "--model", bilstm_model,
+                      "--group-by", "left_id,right_id", "--threshold", "1.0"])
+    assert result.summary["status"] == "published" and result.summary["duplicates"] == 0
+    got = pq.read_table(out / "groups")
+    assert got.num_rows == 0
+    assert got.schema.field("record_id").type == id_type
+    assert got.schema.field("group_id").type == id_type
+    assert result.summary["groups"]["groups"] == 0
+    assert pq.read_table(out / "labels").num_rows == 2
+    assert (out / "_SUCCESS").exists()
 
 
 def test_without_group_by_there_are_no_groups(tmp_path, bilstm_model):

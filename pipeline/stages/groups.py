@@ -16,9 +16,13 @@ if TYPE_CHECKING:
     from pipeline.config import JobConfig
 
 
-def _group_tables(edge_tables: list, max_group_size: int):
-    edges = (pa.concat_tables(edge_tables) if edge_tables
-             else pa.table({"left": pa.array([], pa.string()), "right": pa.array([], pa.string())}))
+def _group_tables(edge_tables: list, max_group_size: int, id_type: pa.DataType):
+    """(the groups table, its stats) of a night's edge tables; no edges at all (a night
+    with no duplicates) is an empty table of the record ids' own type."""
+    if edge_tables:
+        edges = pa.concat_tables(edge_tables)
+    else:
+        edges = pa.table({"left": pa.array([], id_type), "right": pa.array([], id_type)})
     table = groups.connected_groups(edges["left"], edges["right"])
     return table, groups.group_stats(table, max_group_size).to_dict()
 
@@ -35,12 +39,13 @@ class Groups(beam.PTransform):
 
     def expand(self, edges):
         cfg = self.cfg
+        id_type = cfg.input_schema.field(cfg.group_by[0]).type
         grouped = (
             edges
             | "Gather" >> beam.CombineGlobally(groups.EdgesFn(cfg.max_group_edges))
-            | "Components" >> beam.Map(_group_tables, cfg.max_group_size)
+            | "Components" >> beam.Map(_group_tables, cfg.max_group_size, id_type)
         )
-        schema = groups.group_schema(cfg.input_schema.field(cfg.group_by[0]).type)
+        schema = groups.group_schema(id_type)
         files = (
             grouped
             | "Table" >> beam.Map(lambda pair: pair[0])
