@@ -1,7 +1,8 @@
 """Run every benchmark (`make bench`) and print their figures as one table.
 
     python bench/run_all.py [--only NAME,...]   (overhead, unique, feed, memory, launcher,
-                                                 cost, naive, precision, morning, store)
+                                                 cost, naive, precision, morning, store,
+                                                 compact)
 
 Each benchmark is also a script of its own (see its docstring for the command and what
 it measures); each saves its figures to out/bench/NAME.json. Figures are ratios of
@@ -30,6 +31,7 @@ from bench import (  # noqa: E402
     naive,
     overhead,
     precision,
+    store_compact,
     store_week,
     unique_speedup,
 )
@@ -48,6 +50,8 @@ BENCHES = {
     "precision": lambda: common.report("precision", precision.run(3000, ["minilm", "bilstm"], 1)),
     "morning": lambda: common.report("morning", morning.run(100_000, 2, False)),
     "store": lambda: common.report("store_week_minilm", store_week.run(2000, 7, 4.0, "minilm")),
+    "compact": lambda: common.report(
+        "store_compact", store_compact.run(500_000, 4_000_000, 10_000, 384, 0.02)),
 }
 
 
@@ -122,6 +126,11 @@ def summary_rows() -> list[tuple[str, str, str]]:
         rows.append(("store read, CPU-s per 1M entries (/ encoding 1M)",
                      f"{w['read_cost']['cpu_s_per_million']} "
                      f"({w['read_cost']['read_over_encode_cpu']})", "report"))
+    if sc := load("store_compact"):
+        r = sc["ratios"]
+        rows.append((f"store compact {sc['large']['entries_in']} / {sc['small']['entries_in']} "
+                     "entries (wall; CPU)", f"{r['wall']}; {r['cpu']}",
+                     f"linear (~{r['entries']})"))
     return rows
 
 

@@ -128,7 +128,10 @@ def _store(argv: list[str]) -> int:
                       f"generations, {r['files']} files, {r['bytes']} bytes (format "
                       f"{r['format_version']}, dim {r['dim']}; superseded "
                       f"{r['superseded_generations']}, uncommitted "
-                      f"{r['uncommitted_generations']})")
+                      f"{r['uncommitted_generations']}; {len(r['set_aside'])} files set "
+                      "aside)")
+                for a in r["set_aside"]:
+                    print(f"  set aside: {a['copy']} (was {a['file']}: {a['reason']})")
             return 0
         fps = [args.fingerprint] if args.fingerprint else store.fingerprints(args.uri)
         if not fps:

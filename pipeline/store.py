@@ -41,12 +41,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from model.config import join
+from model.storage import join
 from pipeline.io import JobError
 
 log = logging.getLogger("pairscore.store")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # what new namespaces are written under
+READ_VERSIONS = (1,)  # what this pairscore reads (and compacts, keeping their version)
 FORMAT_FILE = "_FORMAT.json"
 COMMIT_FILE = "_COMMITTED.json"
 GENERATION_PREFIX = "gen-"
@@ -108,11 +109,11 @@ def generation_name(run_id: str) -> str:
     return f"{GENERATION_PREFIX}{run_id}"
 
 
-def schema(dim: int, fingerprint: str = "") -> pa.Schema:
+def schema(dim: int, fingerprint: str = "", version: int = FORMAT_VERSION) -> pa.Schema:
     return pa.schema(
         [pa.field("key", pa.binary(KEY_BYTES), nullable=False),
          pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False)],
-        metadata={"pairscore.store.format_version": str(FORMAT_VERSION),
+        metadata={"pairscore.store.format_version": str(version),
                   "pairscore.store.key": KEY_ALGORITHM,
                   "pairscore.model_fingerprint": fingerprint},
     )
@@ -175,11 +176,15 @@ def _write_json(path: str, record: dict) -> None:
 
 def _check_version(record: dict, where: str) -> None:
     version = record.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise StoreError(
             f"embedding store {where} was written under format version {version}; this "
-            f"pairscore reads and writes version {FORMAT_VERSION} only: use another "
+            f"pairscore reads and writes version {_versions()} only: use another "
             "--embedding-store, or the pairscore that wrote it")
+
+
+def _versions() -> str:
+    return " and ".join(map(str, READ_VERSIONS))
 
 
 def read_format(store_root: str) -> dict | None:
@@ -195,9 +200,12 @@ def read_format(store_root: str) -> dict | None:
     return record
 
 
-def list_generations(store_root: str, now: float | None = None) -> Listing:
+def list_generations(store_root: str, now: float | None = None,
+                     strict: bool = False) -> Listing:
     """The committed generations readers use (those no committed compaction supersedes),
-    the superseded ones not yet deleted, and the uncommitted generation directories."""
+    the superseded ones not yet deleted, and the uncommitted generation directories.
+    `strict` (compaction): a commit marker that cannot be read raises StoreError instead
+    of being skipped, for its generation would otherwise look uncommitted."""
     fmt = read_format(store_root)
     now = time.time() if now is None else now
     committed, dirs = [], {}
@@ -210,6 +218,10 @@ def list_generations(store_root: str, now: float | None = None) -> Listing:
             try:
                 record = _read_json(m.path)
             except Exception as e:  # noqa: BLE001  (deleted by a compaction meanwhile)
+                if strict:
+                    raise StoreError(
+                        f"embedding store: cannot read {m.path} ({type(e).__name__}: {e}); "
+                        "compaction stopped, nothing was deleted") from None
                 log.warning("embedding store: cannot read %s (%s); generation %s skipped",
                             m.path, e, name)
                 continue
@@ -233,21 +245,22 @@ def list_generations(store_root: str, now: float | None = None) -> Listing:
 # --- files ------------------------------------------------------------------------------------
 
 
-def table_of(keys: np.ndarray, embeddings: np.ndarray, fingerprint: str = "") -> pa.Table:
+def table_of(keys: np.ndarray, embeddings: np.ndarray, fingerprint: str = "",
+             version: int = FORMAT_VERSION) -> pa.Table:
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     n, dim = embeddings.shape
     key_arr = pa.FixedSizeBinaryArray.from_buffers(
         pa.binary(KEY_BYTES), n, [None, pa.py_buffer(np.ascontiguousarray(keys).tobytes())])
     emb_arr = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)), dim)
-    return pa.Table.from_arrays([key_arr, emb_arr], schema=schema(dim, fingerprint))
+    return pa.Table.from_arrays([key_arr, emb_arr], schema=schema(dim, fingerprint, version))
 
 
 def write_file(path: str, keys: np.ndarray, embeddings: np.ndarray,
-               fingerprint: str = "") -> dict:
+               fingerprint: str = "", version: int = FORMAT_VERSION) -> dict:
     """One store Parquet file (uncompressed: float32 embeddings do not compress; page
     checksums on, so that readers detect corrupt pages). Returns {"path", "rows", "bytes"}."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table_of(keys, embeddings, fingerprint), sink, compression="none",
+    pq.write_table(table_of(keys, embeddings, fingerprint, version), sink, compression="none",
                    use_dictionary=False, write_statistics=False, write_page_checksum=True,
                    row_group_size=ROWS_PER_FILE)
     data = sink.getvalue().to_pybytes()
@@ -255,32 +268,43 @@ def write_file(path: str, keys: np.ndarray, embeddings: np.ndarray,
     return {"path": path, "rows": len(keys), "bytes": len(data)}
 
 
+def _fetch(path: str) -> bytes:
+    """A store file's bytes. Storage errors (missing, cannot open or read) raise OSError."""
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return f.read()
+
+
+def _parse(record: dict, data: bytes, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, embeddings) of a store file's bytes, checked against its commit record (size,
+    rows), its Parquet page checksums and the schema; raises (ValueError, pyarrow's
+    errors) when the bytes are proven wrong."""
+    if "bytes" in record and len(data) != record["bytes"]:
+        raise ValueError(f"{len(data)} bytes, its commit lists {record['bytes']}")
+    table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+    key_type, emb_type = pa.binary(KEY_BYTES), pa.list_(pa.float32(), dim)
+    if table.schema.names != ["key", "embedding"] or table.schema.field(
+            "key").type != key_type or table.schema.field("embedding").type != emb_type:
+        raise ValueError(f"schema {table.schema.remove_metadata()}, expected key: "
+                         f"{key_type}, embedding: {emb_type}")
+    if "rows" in record and table.num_rows != record["rows"]:
+        raise ValueError(f"{table.num_rows} rows, its commit lists {record['rows']}")
+    keys_col = table["key"].combine_chunks()
+    emb_col = table["embedding"].combine_chunks()
+    if keys_col.null_count or emb_col.null_count:
+        raise ValueError("null keys or embeddings")
+    n = table.num_rows
+    keys = np.frombuffer(keys_col.buffers()[1], dtype=f"S{KEY_BYTES}",
+                         count=n, offset=keys_col.offset * KEY_BYTES).copy()
+    emb = emb_col.flatten().to_numpy(zero_copy_only=False).reshape(n, dim)
+    return keys, np.asarray(emb, np.float32)
+
+
 def read_file(record: dict, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(keys S16[n], embeddings float32[n, dim]) of one listed store file, or None, with a
     warning naming the file, when it is missing, truncated, corrupt or of another shape."""
     path = record["path"]
     try:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            data = f.read()
-        if "bytes" in record and len(data) != record["bytes"]:
-            raise ValueError(f"{len(data)} bytes, its commit lists {record['bytes']}")
-        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
-        key_type, emb_type = pa.binary(KEY_BYTES), pa.list_(pa.float32(), dim)
-        if table.schema.names != ["key", "embedding"] or table.schema.field(
-                "key").type != key_type or table.schema.field("embedding").type != emb_type:
-            raise ValueError(f"schema {table.schema.remove_metadata()}, expected key: "
-                             f"{key_type}, embedding: {emb_type}")
-        if "rows" in record and table.num_rows != record["rows"]:
-            raise ValueError(f"{table.num_rows} rows, its commit lists {record['rows']}")
-        keys_col = table["key"].combine_chunks()
-        emb_col = table["embedding"].combine_chunks()
-        if keys_col.null_count or emb_col.null_count:
-            raise ValueError("null keys or embeddings")
-        n = table.num_rows
-        keys = np.frombuffer(keys_col.buffers()[1], dtype=f"S{KEY_BYTES}",
-                             count=n, offset=keys_col.offset * KEY_BYTES).copy()
-        emb = emb_col.flatten().to_numpy(zero_copy_only=False).reshape(n, dim)
-        return keys, np.asarray(emb, np.float32)
+        return _parse(record, _fetch(path), dim)
     except Exception as e:  # noqa: BLE001  (never a failed night for a bad store file)
         log.warning("embedding store: skipping %s (%s: %s); its texts are encoded again",
                     path, type(e).__name__, e)
@@ -293,13 +317,15 @@ def commit_generation(uri: str, fingerprint: str, name: str, files: list[dict], 
     then the generation's commit marker, listing `files` ({"path", "rows", "bytes"}).
     Idempotent (a retried final step writes the same marker again)."""
     store_root = root(uri, fingerprint)
-    if read_format(store_root) is None:
-        _write_json(join(store_root, FORMAT_FILE), {
-            "format": "pairscore-embedding-store", "format_version": FORMAT_VERSION,
-            "key": KEY_ALGORITHM, "dim": dim, "model_fingerprint": fingerprint})
+    fmt = read_format(store_root)
+    if fmt is None:
+        fmt = {"format": "pairscore-embedding-store", "format_version": FORMAT_VERSION,
+               "key": KEY_ALGORITHM, "dim": dim, "model_fingerprint": fingerprint}
+        _write_json(join(store_root, FORMAT_FILE), fmt)
     gen_dir = join(store_root, name)
     record = {
-        "format_version": FORMAT_VERSION,
+        # The namespace's own version: a format-1 store compacted stays format 1.
+        "format_version": int(fmt["format_version"]),
         "generation": name,
         "files": [{"name": f["path"].rstrip("/").rsplit("/", 1)[-1], "rows": int(f["rows"]),
                    "bytes": int(f["bytes"])} for f in sorted(files, key=lambda f: f["path"])],
@@ -489,19 +515,103 @@ def _delete_generation(gen_dir: str) -> None:
         _delete([gen_dir])
 
 
+def duplicate_mask(keys: np.ndarray, per_bucket: int = 1 << 16) -> np.ndarray:
+    """True at every key equal to an earlier one (the first of equal keys is kept).
+
+    Linear time: the keys are split by bucket (a radix sort of small bucket ids), then each
+    bucket of about `per_bucket` keys, small enough for the CPU's caches, is sorted on its
+    own; sorting all keys at once grows as n log n and, past the caches, much worse."""
+    n = len(keys)
+    dup = np.zeros(n, bool)
+    if n < 2:
+        return dup
+    halves = np.ascontiguousarray(keys).view(np.uint64).reshape(-1, 2)
+    hi, lo = halves[:, 0], halves[:, 1]
+    buckets = max(1, -(-n // per_bucket))
+    bucket = (hi % np.uint64(buckets)).astype(np.uint16 if buckets <= 65535 else np.int64)
+    order = np.argsort(bucket, kind="stable")
+    bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
+    for b in range(buckets):
+        idx = order[bounds[b]:bounds[b + 1]]  # ascending: stable
+        h, low = hi[idx], lo[idx]
+        o = np.lexsort((low, h))  # stable: equal keys stay in their first-seen order
+        same = (h[o[1:]] == h[o[:-1]]) & (low[o[1:]] == low[o[:-1]])
+        dup[idx[o[1:][same]]] = True
+    return dup
+
+
+SET_ASIDE_DIR = "_set_aside"
+
+
+def _read_for_compaction(rec: dict, dim: int) -> tuple[np.ndarray, np.ndarray] | str:
+    """The file's (keys, embeddings), or why its bytes are proven corrupt against its
+    commit (size, rows, page checksum, schema). A file that cannot be read at all (gone,
+    cannot be opened or read: any OSError) raises StoreError naming it: compaction then
+    stops, deleting nothing (a transient storage error must never cost entries)."""
+    try:
+        data = _fetch(rec["path"])
+    except OSError as e:
+        raise StoreError(
+            f"embedding store: cannot read {rec['path']} ({type(e).__name__}: {e}), a file "
+            "a committed generation lists; compaction stopped, nothing was deleted (run it "
+            "again once the file can be read; if it is truly lost, delete its generation's "
+            f"{COMMIT_FILE} first)") from None
+    try:
+        return _parse(rec, data, dim)
+    except Exception as e:  # noqa: BLE001  (the bytes are wrong: set aside, never dropped)
+        return f"{type(e).__name__}: {e}"
+
+
+def _set_aside(store_root: str, rec: dict, gen: str, reason: str) -> dict:
+    """Copy a corrupt file to URI/<namespace>/_set_aside/<generation>/<name>, with a
+    <name>.json saying why, before its generation is deleted; `info` lists them."""
+    name = rec["path"].rstrip("/").rsplit("/", 1)[-1]
+    where = join(store_root, SET_ASIDE_DIR, gen)
+    copy = join(where, name)
+    if "://" not in where and not FileSystems.exists(where):
+        FileSystems.mkdirs(where)
+    FileSystems.copy([rec["path"]], [copy])
+    entry = {"file": rec["path"], "copy": copy, "generation": gen, "reason": reason,
+             "rows": rec.get("rows"), "bytes": rec.get("bytes"),
+             "at": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%dT%H:%M:%SZ}"}
+    _write_json(copy + ".json", entry)
+    log.warning("embedding store: %s is corrupt (%s): set aside as %s, its entries are "
+                "not in the merged generation", rec["path"], reason, copy)
+    return entry
+
+
+def set_aside_files(store_root: str) -> list[dict]:
+    """The files compaction set aside as corrupt (`_set_aside/*/*.json`), oldest first."""
+    out = []
+    for m in _match(join(store_root, SET_ASIDE_DIR, "*", "*.json")):
+        try:
+            out.append(_read_json(m.path))
+        except Exception as e:  # noqa: BLE001
+            out.append({"file": None, "copy": m.path[: -len(".json")],
+                        "reason": f"record unreadable ({type(e).__name__}: {e})"})
+    return sorted(out, key=lambda r: (r.get("at") or "", r.get("copy") or ""))
+
+
 def compact(uri: str, fingerprint: str, stale_after_s: float = STALE_GENERATION_S) -> dict:
-    """Merge one fingerprint's live generations into one, deduplicated by key.
+    """Merge one namespace's live generations into one, deduplicated by key.
+
+    Two passes over the files: the first reads and checks each (keeping its keys, 16
+    bytes per entry), the second reads each again and writes the entries kept, so one
+    file is in memory at a time; duplicates are found in linear time (`duplicate_mask`).
+    A file that cannot be read (any OSError: gone, a transient storage error) stops the
+    compaction before anything is deleted (StoreError naming it); a file proven corrupt
+    against its commit is copied to `_set_aside/` and reported, never dropped unsaid.
 
     Atomic for readers: the merged generation is written, then committed listing the
     generations it supersedes (from then on readers take it instead of them), and only
     then are those deleted, each commit marker first. Uncommitted generations older than
-    `stale_after_s` (dead runs) are deleted; younger ones may be runs still writing.
-    Streams: one file in memory at a time, plus the keys seen (16 bytes per entry)."""
+    `stale_after_s` (dead runs) are deleted; younger ones may be runs still writing."""
     store_root = root(uri, fingerprint)
-    listing = list_generations(store_root)
+    listing = list_generations(store_root, strict=True)
     dim = int((listing.format or {}).get("dim", 0))
+    version = int((listing.format or {}).get("format_version", FORMAT_VERSION))
     report = {"fingerprint": fingerprint, "generations_merged": 0, "entries": 0,
-              "duplicates_dropped": 0, "files_skipped": 0, "generation_written": None,
+              "duplicates_dropped": 0, "files_set_aside": [], "generation_written": None,
               "generations_deleted": 0}
     if len(listing.live) > 1 or (listing.live and len(listing.live[0].files) > 1):
         if not dim:
@@ -509,7 +619,19 @@ def compact(uri: str, fingerprint: str, stale_after_s: float = STALE_GENERATION_
         name = generation_name(f"{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%SZ}-"
                                f"compact-{uuid.uuid4().hex[:8]}")
         gen_dir = join(store_root, name)
-        seen = np.zeros(0, f"S{KEY_BYTES}")
+        files = [(g.name, rec) for g in listing.live for rec in g.files]
+        # Pass 1: every file read and checked; its keys kept.
+        keys, corrupt = [], []
+        for gen, rec in files:
+            got = _read_for_compaction(rec, dim)
+            if isinstance(got, str):
+                corrupt.append((gen, rec, got))
+                keys.append(None)
+            else:
+                keys.append(got[0])
+        good = [k for k in keys if k is not None]
+        dup = duplicate_mask(np.concatenate(good) if good else np.zeros(0, "S16"))
+        report["duplicates_dropped"] = int(dup.sum())
         pending_k, pending_e, written = [], [], []
 
         def flush(final: bool) -> None:
@@ -518,29 +640,38 @@ def compact(uri: str, fingerprint: str, stale_after_s: float = STALE_GENERATION_
                 keys, embs = np.concatenate(pending_k), np.concatenate(pending_e)
                 head = ROWS_PER_FILE if not final else len(keys)
                 path = join(gen_dir, f"part-{len(written):05d}.parquet")
-                written.append(write_file(path, keys[:head], embs[:head], fingerprint))
+                written.append(write_file(path, keys[:head], embs[:head], fingerprint,
+                                          version))
                 pending_k = [keys[head:]] if len(keys) > head else []
                 pending_e = [embs[head:]] if len(keys) > head else []
 
-        for gen in listing.live:
-            for rec in gen.files:
-                got = read_file(rec, dim)
-                if got is None:
-                    report["files_skipped"] += 1
+        # Pass 2: the entries kept, written out. A file that changed or became unreadable
+        # since pass 1 stops it too; this pass's own files are then removed.
+        try:
+            offset = 0
+            for (_, rec), first in zip(files, keys, strict=True):
+                if first is None:
                     continue
-                keys, embs = got
-                keys, first = np.unique(keys, return_index=True)
-                new = ~np.isin(keys, seen, assume_unique=True)
-                report["duplicates_dropped"] += int(len(got[0]) - new.sum())
-                pending_k.append(keys[new])
-                pending_e.append(embs[first][new])
-                seen = np.union1d(seen, keys[new])
+                got = _read_for_compaction(rec, dim)
+                if isinstance(got, str) or not np.array_equal(got[0], first):
+                    raise StoreError(f"embedding store: {rec['path']} changed while "
+                                     "compaction read it; compaction stopped, nothing was "
+                                     "deleted")
+                keep = ~dup[offset:offset + len(first)]
+                offset += len(first)
+                pending_k.append(got[0][keep])
+                pending_e.append(got[1][keep])
                 flush(final=False)
-        flush(final=True)
+            flush(final=True)
+        except BaseException:
+            _delete_generation(gen_dir)
+            raise
+        report["files_set_aside"] = [_set_aside(store_root, rec, gen, why)
+                                     for gen, rec, why in corrupt]
         supersedes = [g.name for g in listing.live + listing.superseded]
         commit_generation(uri, fingerprint, name, written, dim, supersedes)
-        report.update(generations_merged=len(listing.live), entries=len(seen),
-                      generation_written=name)
+        report.update(generations_merged=len(listing.live),
+                      entries=sum(int(f["rows"]) for f in written), generation_written=name)
         to_delete = listing.live + listing.superseded
     else:
         report["entries"] = listing.entries
@@ -558,8 +689,9 @@ def compact(uri: str, fingerprint: str, stale_after_s: float = STALE_GENERATION_
 
 
 def info(uri: str) -> list[dict]:
-    """Per fingerprint: format version, entries, live generations, bytes, and what
-    compaction would clean (superseded and uncommitted generations)."""
+    """Per fingerprint: format version, entries, live generations, bytes, what
+    compaction would clean (superseded and uncommitted generations), and the files it set
+    aside as corrupt."""
     out = []
     for fp in fingerprints(uri):
         listing = list_generations(root(uri, fp))
@@ -573,5 +705,6 @@ def info(uri: str) -> list[dict]:
             "bytes": listing.bytes,
             "superseded_generations": len(listing.superseded),
             "uncommitted_generations": len(listing.uncommitted),
+            "set_aside": set_aside_files(listing.root),
         })
     return out

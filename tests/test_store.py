@@ -163,7 +163,7 @@ def test_readers_see_committed_generations_only_and_compaction_is_atomic(tmp_pat
     [row] = store.info(uri)
     assert row == {"fingerprint": fp, "format_version": 1, "dim": DIM, "entries": 70,
                    "generations": 1, "files": 1, "bytes": after.bytes,
-                   "superseded_generations": 0, "uncommitted_generations": 0}
+                   "superseded_generations": 0, "uncommitted_generations": 0, "set_aside": []}
 
 
 def test_another_format_version_is_refused(tmp_path, bilstm_model, capsys):
@@ -419,3 +419,127 @@ def test_a_gated_night_commits_its_generation_only_when_accepted(tmp_path, bilst
     assert [g.name for g in listing.live] == [generation]
     assert listing.live[0].entries == summary["store"]["entries_written"] > 0
     assert "staged_store" not in json.loads((out / "summary.json").read_text())
+
+
+# --- compaction: never drops what it could not read (issue 19, item 4) --------------------
+
+
+def _tree(path):
+    return sorted(os.path.relpath(os.path.join(d, f), path)
+                  for d, _, files in os.walk(path) for f in files)
+
+
+def _store_with_a_dead_run(uri, fp):
+    _generation(uri, fp, "gen-1", [f"a{i}" for i in range(40)], seed=1, files=2)
+    _generation(uri, fp, "gen-2", [f"a{i}" for i in range(30, 70)], seed=2)
+    dead = f"{store.root(uri, fp)}/gen-dead"
+    os.makedirs(dead)
+    store.write_file(f"{dead}/part-0.parquet", _keys(["dead"]), _rng_emb(1), fp)
+    return sorted(glob.glob(f"{store.root(uri, fp)}/gen-1/part-*.parquet"))
+
+
+@pytest.mark.parametrize("fault", ["missing", "oserror_on_open", "oserror_on_read"])
+def test_compaction_aborts_deleting_nothing_when_a_committed_file_cannot_be_read(
+        tmp_path, monkeypatch, capsys, fault):
+    uri, fp = str(tmp_path / "store"), "abcd"
+    bad = _store_with_a_dead_run(uri, fp)[1]
+    if fault == "missing":
+        os.remove(bad)
+    else:  # a transient storage error, at the file system boundary
+        from apache_beam.io.filesystems import FileSystems
+
+        real_open = FileSystems.open
+
+        class Broken:
+            def __init__(self, f):
+                self.f = f
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.f.close()
+
+            def read(self, *args):
+                raise OSError("connection reset by peer")
+
+        def flaky_open(path, *args, **kwargs):
+            if path == bad and fault == "oserror_on_open":
+                raise OSError("503 Service Unavailable")
+            f = real_open(path, *args, **kwargs)
+            return Broken(f) if path == bad else f
+
+        monkeypatch.setattr(FileSystems, "open", staticmethod(flaky_open))
+    before = _tree(tmp_path / "store")
+    with pytest.raises(store.StoreError, match=f"cannot read {bad}"):
+        store.compact(uri, fp, stale_after_s=-1)
+    assert _tree(tmp_path / "store") == before  # nothing deleted, nothing left behind
+    assert cli.main(["store", "compact", uri, "--stale-after", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert bad in err and "nothing was deleted" in err
+    assert _tree(tmp_path / "store") == before
+
+
+@pytest.mark.parametrize("fault", ["flipped_byte", "rows"])
+def test_compaction_sets_aside_a_file_proven_corrupt_and_info_lists_it(tmp_path, capsys,
+                                                                       fault):
+    uri, fp = str(tmp_path / "store"), "abcd"
+    bad = _store_with_a_dead_run(uri, fp)[0]
+    if fault == "flipped_byte":  # same size: the page checksum proves it
+        data = bytearray(open(bad, "rb").read())
+        data[len(data) // 3] ^= 0xFF
+        open(bad, "wb").write(bytes(data))
+    else:  # a file of other rows than its commit lists
+        t = pq.read_table(bad)
+        pq.write_table(t.slice(0, 5), bad)
+        commit = f"{store.root(uri, fp)}/gen-1/_COMMITTED.json"
+        record = json.load(open(commit))
+        for f in record["files"]:
+            if f["name"] == os.path.basename(bad):
+                f["bytes"] = os.path.getsize(bad)
+        json.dump(record, open(commit, "w"))
+    corrupt = open(bad, "rb").read()
+    report = store.compact(uri, fp)
+    [aside] = report["files_set_aside"]
+    assert aside["file"] == bad and aside["reason"]
+    assert open(aside["copy"], "rb").read() == corrupt  # kept, byte for byte
+    listing = store.list_generations(store.root(uri, fp))
+    assert [g.name for g in listing.live] == [report["generation_written"]]
+    assert len(_read_all(listing)) == 70 - 20  # the 20 texts only the bad file held
+    [row] = store.info(uri)
+    assert [(a["file"], a["copy"]) for a in row["set_aside"]] == [(bad, aside["copy"])]
+    assert cli.main(["store", "info", uri]) == 0
+    out = capsys.readouterr().out
+    assert "1 files set aside" in out and aside["copy"] in out
+
+
+def test_a_format_1_store_stays_readable_and_compactable(tmp_path):
+    # Written as pairscore wrote format 1: URI/<fingerprint>/, version 1 markers.
+    uri, fp = str(tmp_path / "store"), "abcd"
+    root_ = store.root(uri, fp)
+    expect = {}
+    for g, texts in (("gen-1", ["a", "b", "c"]), ("gen-2", ["c", "d"])):
+        os.makedirs(f"{root_}/{g}")
+        rec = store.write_file(f"{root_}/{g}/part-0.parquet", _keys(texts),
+                               _rng_emb(len(texts)), fp)
+        expect.update(zip(_keys(texts).tolist(), range(len(texts))))
+        json.dump({"format_version": 1, "generation": g, "entries": len(texts),
+                   "files": [{"name": "part-0.parquet", "rows": rec["rows"],
+                              "bytes": rec["bytes"]}], "supersedes": [],
+                   "committed_at": "2025-01-01T00:00:00Z"},
+                  open(f"{root_}/{g}/_COMMITTED.json", "w"))
+    json.dump({"format": "pairscore-embedding-store", "format_version": 1,
+               "key": "sha256-128", "dim": DIM, "model_fingerprint": fp},
+              open(f"{root_}/_FORMAT.json", "w"))
+    assert set(_read_all(store.list_generations(root_))) == set(expect)
+    report = store.compact(uri, fp)
+    assert report["entries"] == 4 and report["duplicates_dropped"] == 1
+    listing = store.list_generations(root_)
+    assert set(_read_all(listing)) == set(expect) and len(listing.live) == 1
+    # Still format 1 throughout: the pairscore that wrote it reads it after compaction.
+    assert json.load(open(f"{root_}/_FORMAT.json"))["format_version"] == 1
+    [commit] = glob.glob(f"{root_}/gen-*/_COMMITTED.json")
+    assert json.load(open(commit))["format_version"] == 1
+    [row] = store.info(uri)
+    assert (row["format_version"], row["entries"]) == (1, 4)
+
