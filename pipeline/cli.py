@@ -68,6 +68,9 @@ def _publish(argv: list[str]) -> int:
     gates = ", ".join(g["flag"] for g in summary["accepted"]["gates"])
     print(f"published run {summary['run_id']} in {args.output} ({summary['scored']} scored, "
           f"{summary['rejected']} rejected), accepted over {gates}")
+    kept = summary["accepted"].get("store")
+    if kept and not kept["committed"]:
+        print(f"store generation not committed: {kept['why']}")
     return 0
 
 

@@ -268,15 +268,30 @@ def _publish(output: str, run_id: str, staged: list[str], summary: dict,
 
 
 def _commit_staged_store(summary: dict) -> None:
-    """A gated run's embedding-store generation, committed once the run is accepted."""
+    """A gated run's embedding-store generation, committed once the run is accepted, if
+    its files are all still there: `store compact` removes an uncommitted generation
+    older than --stale-after, and a commit listing files that are gone would have every
+    later night warn. Then the labels publish without it, and `accepted.store` says so."""
     staged = summary.pop("staged_store", None)
     if not staged:
         return
     from pipeline import store
 
     info = summary["store"]
-    store.commit_generation(info["uri"], info["fingerprint"], info["generation_written"],
+    name = info["generation_written"]
+    gone = store.files_gone(staged["files"])
+    if gone:
+        why = (f"its store files are gone ({'; '.join(gone)}): `pairscore store compact` "
+               "removes an uncommitted generation older than --stale-after; its texts are "
+               "encoded again by a later night")
+        log.warning("run %s: embedding-store generation %s not committed: %s",
+                    summary["run_id"], name, why)
+        summary["accepted"]["store"] = {"generation": name, "committed": False, "why": why}
+        info["generation_written"] = None
+        return
+    store.commit_generation(info["uri"], info.get("namespace") or info["fingerprint"], name,
                             staged["files"], staged["dim"])
+    summary["accepted"]["store"] = {"generation": name, "committed": True, "why": None}
 
 
 def accept_run(output: str, stale_run_after: float = pio.STALE_RUN_AFTER_S) -> dict:

@@ -340,6 +340,20 @@ def commit_generation(uri: str, fingerprint: str, name: str, files: list[dict], 
     return record
 
 
+def files_gone(files: list[dict]) -> list[str]:
+    """Of a generation's files ({"path", "bytes"}), each that is gone or of another size
+    than written, saying which (a gated run's, before `publish --accept` commits them)."""
+    out = []
+    for f in files:
+        found = _match(f["path"])
+        if not found:
+            out.append(f"{f['path']} is gone")
+        elif "bytes" in f and found[0].size_in_bytes != int(f["bytes"]):
+            out.append(f"{f['path']} holds {found[0].size_in_bytes} bytes, "
+                       f"{f['bytes']} were written")
+    return out
+
+
 def check_writable(uri: str) -> None:
     """Write and delete a probe object under the store, or raise StoreError."""
     probe = join(uri, f".pairscore-write-check-{uuid.uuid4().hex}")

@@ -543,3 +543,43 @@ def test_a_format_1_store_stays_readable_and_compactable(tmp_path):
     [row] = store.info(uri)
     assert (row["format_version"], row["entries"]) == (1, 4)
 
+
+def test_accepting_a_gated_night_whose_store_files_compaction_removed(tmp_path,
+                                                                       bilstm_model, capsys,
+                                                                       caplog):
+    # Issue 19, item 6: the night is published, its generation is not committed.
+    rows = _pairs(TEXTS, 20, 3) + [("empty", "learn python", "")]
+    write_pairs(tmp_path / "n.parquet", rows)
+    uri, out = str(tmp_path / "store"), tmp_path / "out"
+    assert cli.main(["score", "--input", str(tmp_path / "n.parquet"), "--output", str(out),
+                     "--model", bilstm_model, "--embedding-store", uri,
+                     "--max-reject-rate", "0"]) == 3  # gated
+    summary = json.loads((out / "summary.json").read_text())
+    generation = summary["store"]["generation_written"]
+    staged = summary["staged_store"]["files"]
+    # Days later: compaction takes the uncommitted generation for a dead run's.
+    assert cli.main(["store", "compact", uri, "--stale-after", "-1"]) == 0
+    assert not any(os.path.exists(f["path"]) for f in staged)
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, "pairscore.publish"):
+        assert cli.main(["publish", str(out), "--accept"]) == 0
+    said = capsys.readouterr().out
+    assert (out / "_SUCCESS").exists() and len(_labels(out)) == summary["scored"]
+    root = store.root(uri, summary["store"]["namespace"] if "namespace" in summary["store"]
+                      else summary["model_fingerprint"])
+    listing = store.list_generations(root)
+    assert listing.live == [] and listing.superseded == []  # nothing committed
+    assert f"{generation} not committed" in caplog.text and staged[0]["path"] in caplog.text
+    assert "store generation not committed" in said
+    final = json.loads((out / "summary.json").read_text())
+    assert final["status"] == "published" and "staged_store" not in final
+    acc = final["accepted"]["store"]
+    assert (acc["generation"], acc["committed"]) == (generation, False)
+    assert "gone" in acc["why"] and staged[0]["path"] in acc["why"]
+    assert final["store"]["generation_written"] is None
+    # The next night reads the store without a warning about missing files.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "pairscore.store"):
+        s, _ = _score(tmp_path / "n.parquet", tmp_path / "o2", bilstm_model,
+                      "--embedding-store", uri)
+    assert s["store"]["files_skipped"] == 0 and "skipping" not in caplog.text
