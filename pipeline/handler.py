@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 
 import numpy as np
@@ -49,14 +50,52 @@ def configure_devices() -> str:
 
 
 class LoadedPairModel:
-    """The SavedModel's signatures as plain methods taking and returning numpy arrays."""
+    """The SavedModel's signatures as plain methods taking and returning numpy arrays.
 
-    def __init__(self, model_dir: str, precision: str = "float32"):
+    `lazy` (unique-text mode's handlers): `score_embeddings` is the model's head computed
+    in numpy from its variables (`model.head`), and the SavedModel (TensorFlow, the
+    encoder) is loaded on the first `encode` or `score` call, so that a night whose texts
+    all come from the embedding store never loads it. A head `model.head` does not
+    compute exactly, or another precision, loads the SavedModel at once, as without
+    `lazy`."""
+
+    def __init__(self, model_dir: str, precision: str = "float32", lazy: bool = False):
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+        self._model_dir = model_dir
+        self._precision = precision
+        self.device = None
+        self.scored_on = None
+        self._model = None
+        self._load_error = None
+        self._lock = threading.Lock()
+        self._head = None
+        if lazy and precision == "float32":
+            from model.head import load_head
+
+            self._head = load_head(ModelDir.open(model_dir, verify=False))
+        if self._head is None:
+            self._load()
+
+    def _load(self) -> None:
+        """The SavedModel and its signatures, once per instance; a load that failed raises
+        the same ModelLoadError again."""
+        with self._lock:
+            if self._model is not None:
+                return
+            if self._load_error is not None:
+                raise self._load_error
+            try:
+                self._load_saved_model()
+            except ModelLoadError as e:
+                self._load_error = e
+                raise
+
+    def _load_saved_model(self) -> None:
         import tensorflow as tf
         import tensorflow_text  # noqa: F401  (registers the ops score_text uses)
 
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+        model_dir, precision = self._model_dir, self._precision
         if precision == "bfloat16":
             # Grappler rewrites the float32 graphs to run matmuls in bfloat16 through
             # oneDNN (AVX512-BF16 / AMX); process-wide, so set before the first call.
@@ -64,11 +103,10 @@ class LoadedPairModel:
                 {"auto_mixed_precision_onednn_bfloat16": True}
             )
         self.device = configure_devices()
-        self.scored_on = None
         started = time.time()
         try:
-            self._model = ModelDir.open(model_dir, verify=False).load_saved_model()
-            sig = self._model.signatures
+            model = ModelDir.open(model_dir, verify=False).load_saved_model()
+            sig = model.signatures
             self._serve = sig["serving_default"]
             self._encode = sig["encode"]
             self._score_embeddings = sig["score_embeddings"]
@@ -76,26 +114,37 @@ class LoadedPairModel:
             raise ModelLoadError(
                 f"cannot load the model in {model_dir}: {type(e).__name__}: {e}"
             ) from e
+        self._model = model
         log.info("loaded model %s on %s in %.1fs", model_dir, self.device, time.time() - started)
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the SavedModel is loaded (a lazy model's is until a call needs it)."""
+        return self._model is not None
+
     def score(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        self._load()
         out = self._serve(left_ids=left, right_ids=right)["score"]
         # Where TF placed the call, which is what a GPU run must prove; not the devices seen.
         self.scored_on = out.device
         return out.numpy()
 
     def encode(self, ids: np.ndarray) -> np.ndarray:
+        self._load()
         out = self._encode(ids=ids)["embedding"]
         self.scored_on = out.device
         return out.numpy()
 
     def score_embeddings(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        if self._head is not None:
+            # numpy, on this CPU; the device named stays the encoder's, where one ran.
+            return self._head(left, right)
         out = self._score_embeddings(left=left, right=right)["score"]
         self.scored_on = out.device
         return out.numpy()
 
     def device_name(self) -> str:
-        return self.scored_on or self.device
+        return self.scored_on or self.device or "CPU"
 
 
 def is_transient(error: BaseException) -> bool:
@@ -147,13 +196,19 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
     def model_dir(self) -> str:
         return self._model_dir
 
+    # Load the SavedModel only when a call needs it (unique-text mode: see LoadedPairModel).
+    LAZY = False
+
     def load_model(self) -> LoadedPairModel:
         def load():
+            if self.LAZY:
+                return LoadedPairModel(self._model_dir, self._precision, lazy=True)
             return LoadedPairModel(self._model_dir, self._precision)
 
         if self._shared is None:
             return load()
-        return self._shared.acquire(load, tag=f"{self._model_dir}|{self._precision}")
+        lazy = "|lazy" if self.LAZY else ""
+        return self._shared.acquire(load, tag=f"{self._model_dir}|{self._precision}{lazy}")
 
     def run_inference(self, batch, model: LoadedPairModel, inference_args=None) -> list:
         call = retry.with_exponential_backoff(
@@ -204,7 +259,10 @@ class PairModelHandler(ModelHandler[PackedBatch, PackedBatch, LoadedPairModel]):
 
 
 class EncodeHandler(PairModelHandler):
-    """`TextBatch`es of distinct texts -> their embeddings (`encode`)."""
+    """`TextBatch`es of distinct texts -> their embeddings (`encode`). The SavedModel is
+    loaded at the first batch: with every text in the embedding store, never."""
+
+    LAZY = True
 
     def _apply(self, batch, model):
         batch.embeddings = model.encode(batch.ids)
@@ -219,7 +277,9 @@ class EncodeHandler(PairModelHandler):
 
 class ScoreEmbeddingsHandler(PairModelHandler):
     """`EmbeddedBatch`es of pairs -> scores from both texts' embeddings
-    (`score_embeddings`)."""
+    (`score_embeddings`: the model's head, in numpy where `model.head` computes it)."""
+
+    LAZY = True
 
     def _apply(self, batch, model):
         batch.scores = model.score_embeddings(batch.left, batch.right)

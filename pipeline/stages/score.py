@@ -23,10 +23,10 @@ from apache_beam.utils.shared import Shared
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import groups, monitor
-from pipeline.handler import PairModelHandler
+from pipeline.handler import ModelLoadError, PairModelHandler
 from pipeline.packing import label_table, pack_table
 from pipeline.stages.common import counter, load_tokenizer
-from pipeline.validate import model_error_rows, reject_all, validate_table
+from pipeline.validate import describe_error, model_error_rows, reject_all, validate_table
 
 if TYPE_CHECKING:
     from pipeline.config import JobConfig
@@ -188,8 +188,18 @@ class RunModel(beam.PTransform):
         scored, dead = batches | "RunInference" >> inference.with_exception_handling()
         on_failure, cfg = self.on_failure, self.cfg
         failed = dead.failed_inferences | "Failed" >> beam.Map(
-            lambda dead_letter: on_failure(*dead_letter, cfg))
+            lambda dead_letter: _failed_batch(on_failure, *dead_letter, cfg))
         return {"scored": scored, "failed": failed}
+
+
+def _failed_batch(on_failure, batch, error, cfg: JobConfig):
+    """`on_failure(batch, error, cfg)`; but a model that cannot load fails the job, as it
+    does when loaded before the first batch: unique-text mode loads its SavedModel at the
+    first batch that needs it (`LoadedPairModel(lazy=True)`), inside RunInference."""
+    kind = error[0] if isinstance(error, tuple) else type(error)
+    if isinstance(kind, type) and issubclass(kind, ModelLoadError):
+        raise ModelLoadError(describe_error(error).split(": ", 1)[-1])
+    return on_failure(batch, error, cfg)
 
 
 # --- Threshold -------------------------------------------------------------------------
