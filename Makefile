@@ -53,10 +53,11 @@ $(DEFAULT_MODEL)/pairscore.json: $(STAMP)
 $(SAMPLE): $(STAMP)
 	$(BIN)/pairscore sample --output $(SAMPLE) --pairs 2000
 
+# pairscore score ends with a short summary: the counts, where the output and the report
+# are, what to try next ($(DEMO_OUT)/summary.json has every figure).
 demo: $(DEFAULT_MODEL)/pairscore.json $(SAMPLE)
 	$(BIN)/pairscore score --input $(SAMPLE) --output $(DEMO_OUT) \
 	  --model $(DEFAULT_MODEL) --overwrite
-	cat $(DEMO_OUT)/summary.json
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

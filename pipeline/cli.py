@@ -7,13 +7,15 @@
     pairscore publish out/ --accept        (a run a gate held back, once looked at)
     pairscore train --train pairs.parquet --encoder bilstm --distance l1 --output models/m
     pairscore evaluate --model models/m --data dev.parquet
-    pairscore threshold --model models/m --labelled dev.parquet --target-precision 0.95 \
+    pairscore threshold --model models/m --labelled dev.parquet --target-precision 0.95 \\
         --output models/m-p95
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import logging
 import os
 import sys
 
@@ -25,28 +27,158 @@ from model import cli as model_cli  # noqa: E402  (train, evaluate, default-mode
 from pipeline import logs  # noqa: E402
 
 
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=model_cli.HelpFormatter
-    )
+class HelpFormatter(model_cli.HelpFormatter):
+    """model_cli's (each option's default), with a flag's spellings named once before
+    its value (`--id-column, --id_column ID_COLUMN`), no empty default shown, and a
+    description or epilog of several lines printed as written."""
+
+    def _get_help_string(self, action):
+        if action.default == "":
+            return action.help or ""
+        return super()._get_help_string(action)
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        value = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {value}"
+
+    def _fill_text(self, text, width, indent):
+        if "\n" not in text:  # one paragraph: wrapped to the terminal
+            return super()._fill_text(text, width, indent)
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def _parser(prog: str, description: str, **kwargs) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description,
+                                   formatter_class=HelpFormatter, **kwargs)
+
+
+SCORE_DESCRIPTION = """\
+Score candidate pairs (Parquet: pair_id, text_a, text_b) with a model directory, on
+Apache Beam. Writes OUT/labels/ (each pair's score and is_duplicate), OUT/rejects/ (rows
+not scored, each with its reason), OUT/review/, OUT/report.html and OUT/summary.json,
+then OUT/_SUCCESS. Runs in this process by default; on Dataflow with --runner
+DataflowRunner (docs/dataflow.md).
+
+Exit status: 0 published; 2 a usage or input error, or the job failed; 3 a gate held
+the run back (look at OUT/report.html, then: pairscore publish OUT --accept)."""
+
+# Beam's and Dataflow's own pipeline options, which `pairscore score` takes too: the ones
+# most runs use (tests/test_help.py checks each is a flag Beam defines).
+SCORE_EPILOG = """\
+Beam and Dataflow pipeline options are accepted too (a mistyped one is refused, naming
+the closest); the common ones:
+  --runner NAME              DataflowRunner runs on Dataflow (default: in this process)
+  --direct_num_workers N     in this process: parallel workers (default: 1)
+  --project ID --region R    Dataflow: the Google Cloud project and region
+  --temp_location gs://B/T   Dataflow: temporary and staging files
+  --sdk_container_image IMG  Dataflow: the workers' image (the Dockerfile builds it)
+  --machine_type T --num_workers N --max_num_workers N
+                             Dataflow: the worker machines, and how many
+  --experiments X --dataflow_service_options X
+                             Dataflow: e.g. use_runner_v2, worker_accelerator=...
+  --job_name NAME            Dataflow: the job's name
+  --s3_endpoint_url URL --s3_access_key_id K --s3_secret_access_key S --s3_region_name R
+                             s3:// paths on S3 or an S3-compatible store (MinIO)
+  --dry_run True             build the job graph only: read nothing, run nothing
+--profile dataflow-gpu sets the Dataflow GPU flags at once; docs/dataflow.md explains
+each. Every option: https://cloud.google.com/dataflow/docs/reference/pipeline-options
+and https://beam.apache.org/releases/pydoc/current/apache_beam.options.pipeline_options.html"""
+
+
+def score_parser() -> argparse.ArgumentParser:
+    """`pairscore score --help`: ScoreOptions' flags, under pairscore's name. Beam parses
+    the command line itself (with every options class); this parser only prints help."""
+    from pipeline.options import ScoreOptions
+
+    p = _parser("pairscore score", SCORE_DESCRIPTION, epilog=SCORE_EPILOG,
+                usage="pairscore score --input PAIRS --output OUT --model MODEL [flags] "
+                "[Beam pipeline options]")
+    ScoreOptions._add_argparse_args(p)
+    return p
+
+
+def _path(output: str, name: str) -> str:
+    from model.storage import join
+
+    return join(output, name)
+
+
+def summary_lines(summary: dict, output: str) -> list[str]:
+    """A published run in a few lines: what was scored, where everything is, what next.
+    summary.json, on disk, has every figure."""
+    reasons = ", ".join(f"{k} {v}" for k, v in summary["rejected_by_reason"].items())
+    rate = summary.get("duplicate_rate")
+    lines = [
+        f"published run {summary['run_id']} in {output}:",
+        f"  {summary['rows_in']} rows in: {summary['scored']} scored, "
+        f"{summary['rejected']} rejected" + (f" ({reasons})" if reasons else ""),
+        f"  {summary['duplicates']} duplicates"
+        + (f" ({rate:.1%} of scored)" if rate is not None else "")
+        + f" at threshold {summary['threshold']:g}",
+    ]
+    report = _path(output, "report.html")
+    if summary.get("report_error"):
+        seen = f"not written: {summary['report_error']}"
+    elif "://" in output:
+        seen = "the run's figures, one self-contained page"
+    else:
+        seen = "the run's figures: file://" + os.path.abspath(report)
+    files = [(_path(output, "labels") + "/", "each pair's score and is_duplicate"),
+             (_path(output, "rejects") + "/", "the rows not scored, each with its reason")]
+    if summary.get("review"):
+        files.append((summary["review"]["path"].rstrip("/") + "/",
+                      f"the {summary['review']['pairs']} pairs scored nearest the "
+                      "threshold, to label"))
+    if summary.get("groups"):
+        files.append((_path(output, "groups") + "/",
+                      f"{summary['groups']['groups']} groups of duplicates"))
+    files += [(report, seen), (_path(output, "summary.json"), "every figure, as JSON")]
+    width = max(len(path) for path, _ in files)
+    lines += [f"  {path.ljust(width)}  {what}" for path, what in files]
+    me = _command()
+    lines += [f"next: {me} score --help   (every flag: your columns, the threshold, gates, "
+              "Dataflow)",
+              f"      {me} score --input 'mine/*.parquet' --output out/mine --model "
+              + summary["model"]]
+    return lines
+
+
+def _command() -> str:
+    """pairscore as it was typed when that was a relative path (`make demo`:
+    .venv/bin/pairscore, not on PATH), else `pairscore`."""
+    typed = sys.argv[0] if sys.argv else ""
+    if os.path.basename(typed) == "pairscore" and "/" in typed and not os.path.isabs(typed):
+        return typed
+    return "pairscore"
 
 
 def _score(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        score_parser().print_help()
+        return 0
+    if "--verbose" in argv:  # a store_true flag: no value can be spelt like it
+        logging.getLogger("pairscore").setLevel(logging.DEBUG)
     from pipeline.io import GATED_EXIT, JobGated
     from pipeline.job import JobError, run
+    from pipeline.publish import PUBLISHED
 
     try:
-        run(argv)
+        result = run(argv)
     except JobGated as e:
         print(f"pairscore score: {e}", file=sys.stderr)  # "gated: <which gates>; ..."
         return GATED_EXIT
     except JobError as e:
         print(f"pairscore score: error: {e}", file=sys.stderr)
         return 2
+    summary = getattr(result, "summary", None)  # None: --detach, or a dry run
+    if summary and summary.get("status") == PUBLISHED:
+        print("\n".join(summary_lines(summary, result.output)))
     return 0
 
 
-def _publish(argv: list[str]) -> int:
+def publish_parser() -> argparse.ArgumentParser:
     p = _parser("pairscore publish",
                 "Publish a run that a gate held back, after a person has looked at its "
                 "report: the staged output moves into place and _SUCCESS is written, "
@@ -56,7 +188,11 @@ def _publish(argv: list[str]) -> int:
                    help="yes, publish it: its figures were looked at and are fine")
     p.add_argument("--stale-run-after", type=float, default=None, metavar="SECONDS",
                    help="as for pairscore score: a run marker older than this is stale")
-    args = p.parse_args(argv)
+    return p
+
+
+def _publish(argv: list[str]) -> int:
+    args = publish_parser().parse_args(argv)
     from pipeline import publish
     from pipeline.io import STALE_RUN_AFTER_S, JobError
 
@@ -74,12 +210,16 @@ def _publish(argv: list[str]) -> int:
     return 0
 
 
-def _sample(argv: list[str]) -> int:
+def sample_parser() -> argparse.ArgumentParser:
     p = _parser("pairscore sample", "Write a sample candidate-pairs Parquet file.")
     p.add_argument("--output", required=True, help="Parquet file to write")
     p.add_argument("--pairs", type=int, default=1000, help="number of pairs")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    args = p.parse_args(argv)
+    return p
+
+
+def _sample(argv: list[str]) -> int:
+    args = sample_parser().parse_args(argv)
     from pipeline.sample import write_sample
 
     n = write_sample(args.output, args.pairs, args.seed)
@@ -87,15 +227,19 @@ def _sample(argv: list[str]) -> int:
     return 0
 
 
-def _store(argv: list[str]) -> int:
-    p = _parser("pairscore store", "Inspect or compact an embedding store (--embedding-store).")
+def store_parser() -> argparse.ArgumentParser:
+    p = _parser("pairscore store", "Inspect or compact an embedding store (--embedding-store). "
+                "Beam's storage flags (--s3_endpoint_url, ...) are accepted too.")
     p.error = lambda message: p.exit(2, f"pairscore store: error: {message}\n")
-    sub = p.add_subparsers(dest="action", required=True, metavar="{info,compact}")
-    info = sub.add_parser("info", help="entries, generations and bytes per model fingerprint")
+    sub = p.add_subparsers(dest="action", required=True, metavar="{info,compact}",
+                           help="what to do (pairscore store ACTION --help: its flags)")
+    info = sub.add_parser("info", help="entries, generations and bytes per model fingerprint",
+                          formatter_class=HelpFormatter)
     info.add_argument("uri", help="the store's URI (local, gs://, s3://)")
     info.add_argument("--json", action="store_true", help="print JSON")
     compact = sub.add_parser("compact", help="merge committed generations into one, "
-                             "deduplicated; remove superseded and dead runs' generations")
+                             "deduplicated; remove superseded and dead runs' generations",
+                             formatter_class=HelpFormatter)
     compact.add_argument("uri", help="the store's URI (local, gs://, s3://)")
     compact.add_argument("--model-fingerprint", "--model_fingerprint", dest="fingerprint",
                          help="compact this fingerprint's part only (default: every one)")
@@ -105,7 +249,11 @@ def _store(argv: list[str]) -> int:
                          "86400: younger ones may be runs still writing)")
     for sp in (info, compact):
         sp.error = lambda message, sp=sp: sp.exit(2, f"{sp.prog}: error: {message}\n")
-    args, beam_flags = p.parse_known_args(argv)
+    return p
+
+
+def _store(argv: list[str]) -> int:
+    args, beam_flags = store_parser().parse_known_args(argv)
     import json
 
     from apache_beam.io.filesystems import FileSystems
@@ -159,14 +307,59 @@ COMMANDS = {
     "sample": _sample,
     "store": _store,
 }
+# The parser behind each command's --help (tests/test_help.py: one per command).
+PARSERS = {
+    "train": model_cli.train_parser,
+    "evaluate": model_cli.evaluate_parser,
+    "default-model": model_cli.default_model_parser,
+    "threshold": model_cli.threshold_parser,
+    "score": score_parser,
+    "publish": publish_parser,
+    "sample": sample_parser,
+    "store": store_parser,
+}
+# `pairscore --help`, one line each (without building the parsers: train's loads Keras).
+SUMMARIES = {
+    "score": "score candidate pairs: labels, rejects, report.html, summary.json",
+    "publish": "publish a run a gate held back, once its report was looked at",
+    "sample": "write a sample candidate-pairs Parquet file",
+    "default-model": "export the built-in pretrained MiniLM model",
+    "store": "inspect (info) or compact an embedding store",
+    "train": "train a Siamese model",
+    "evaluate": "evaluate models on labelled pairs; optionally write a report",
+    "threshold": "choose a model's threshold for a target precision or recall",
+}
+
+
+def overview() -> str:
+    """`pairscore --help`: the commands, then the module docstring's examples."""
+    width = max(map(len, SUMMARIES))
+    examples = __doc__.strip().split("\n", 1)[1].strip("\n")
+    return "\n".join([
+        "usage: pairscore COMMAND [flags]    (pairscore COMMAND --help: its flags)",
+        "",
+        "Score text pairs for duplicates with a Siamese model on Apache Beam; train,",
+        "evaluate and export the models.",
+        "",
+        "commands:",
+        *(f"  {name.ljust(width)}  {line}" for name, line in SUMMARIES.items()),
+        "",
+        "examples:",
+        examples,
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(__doc__.strip())
-        print("\ncommands: " + ", ".join(COMMANDS))
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(overview())
+        return 0
+    if argv[0] not in COMMANDS:
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        print(f"pairscore: unknown command {argv[0]!r}{hint} (pairscore --help lists "
+              "them)", file=sys.stderr)
+        return 2
     logs.quiet_startup(native=False)
     return COMMANDS[argv[0]](argv[1:])
 

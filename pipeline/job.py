@@ -314,6 +314,8 @@ def run(argv=None, save_main_session=False, test_pipeline=None) -> PipelineResul
     if summary.get("run_id") != cfg.run_id or summary.get("status") != publish.PUBLISHED:
         raise JobError(f"the job finished but left no summary of run {cfg.run_id} in "
                        f"{cfg.output}; {pio.SUCCESS} not written")
-    log.info("summary: %s", json.dumps(summary))
+    # `pairscore score` prints a short summary; the JSON only with --verbose.
+    log.debug("summary: %s", json.dumps(summary))
     result.summary = {**summary, "counters": _counters(result)}
+    result.output = cfg.output
     return result

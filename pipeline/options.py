@@ -27,14 +27,19 @@ class ScoreOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         # Not argparse-required: Beam parses every options class whenever any view is made.
-        parser.add_argument("--input", help="Parquet file or glob of candidate pairs")
-        parser.add_argument("--output", help="output directory (local, gs://, s3://)")
-        parser.add_argument("--model", help="pairscore model directory")
-        parser.add_argument("--id-column", "--id_column", dest="id_column", default="pair_id")
+        parser.add_argument("--input", metavar="PAIRS",
+                            help="required: Parquet file or glob of candidate pairs")
+        parser.add_argument("--output", metavar="OUT",
+                            help="required: output directory (local, gs://, s3://)")
+        parser.add_argument("--model", metavar="MODEL",
+                            help="required: pairscore model directory (pairscore "
+                            "default-model writes one)")
+        parser.add_argument("--id-column", "--id_column", dest="id_column", default="pair_id",
+                            help="input column identifying each pair (copied to the labels)")
         parser.add_argument("--text-a-column", "--text_a_column", dest="text_a_column",
-                            default="text_a")
+                            default="text_a", help="input column of the first texts")
         parser.add_argument("--text-b-column", "--text_b_column", dest="text_b_column",
-                            default="text_b")
+                            default="text_b", help="input column of the second texts")
         parser.add_argument("--threshold", type=float, default=None,
                             help="duplicate if score >= threshold (default: the model's)")
         parser.add_argument("--keep-columns", "--keep_columns", dest="keep_columns", default="",
@@ -125,6 +130,9 @@ class ScoreOptions(PipelineOptions):
                             help="a run marker (OUT/_RUN.json) older than this is stale and "
                             "taken over; one left on this host by a dead process is taken "
                             "over at once")
+        parser.add_argument("--verbose", action="store_true", default=False,
+                            help="also log pairscore's debug lines, e.g. the whole "
+                            "summary.json as one JSON line")
 
 
 class _FlagParser(_BeamArgumentParser):

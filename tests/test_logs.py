@@ -50,4 +50,5 @@ def test_a_first_run_prints_no_start_up_noise_but_keeps_real_warnings(tmp_path, 
     for noise in NOISE:
         assert noise not in done.stderr, noise
     assert "crashed-run" in done.stderr  # the takeover warning names the dead run
-    assert "summary:" in done.stderr  # pairscore's own INFO lines still show
+    assert "pairscore.publish published" in done.stderr  # pairscore's own INFO lines show
+    assert done.stdout.startswith("published run ")  # and the short summary, on stdout
