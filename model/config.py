@@ -8,6 +8,10 @@ A model directory holds everything a scoring job needs::
     MODEL_DIR/pairscore.json               metadata (see `ModelMetadata`), with a
                                            manifest of every other file
 
+`score_embeddings` is the export's `DistanceHead` (`distance`, one Dense unit); where its
+variables are `head/classifier/{kernel,bias}` of the shapes the distance implies, the job
+computes it in numpy from them (`model.head`), without loading the SavedModel.
+
 `check_model_dir` is the one place that decides whether a directory honours it;
 `model.modeldir.ModelDir` opens one (any filesystem Beam knows) and checks its files
 against the manifest.
