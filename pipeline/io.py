@@ -180,6 +180,20 @@ def clear_previous_output(output: str) -> None:
 
 RUN_MARKER = "_RUN.json"
 STALE_RUN_AFTER_S = 86400.0
+DATAFLOW = "DataflowRunner"
+# Runners that run the job inside the launcher's process (p.run() returns once the job is
+# over, --detach or not): the launcher's pid, boot and pid start time are the run's.
+IN_PROCESS_RUNNERS = frozenset(
+    {"", "FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner"})
+# Dataflow job states after which the job writes nothing more (the API's names).
+DATAFLOW_ENDED = frozenset({"JOB_STATE_DONE", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED",
+                            "JOB_STATE_DRAINED", "JOB_STATE_UPDATED"})
+# States of a job that is, or may yet be, running; any other answer is "unknown".
+DATAFLOW_LIVE = frozenset({"JOB_STATE_RUNNING", "JOB_STATE_PENDING", "JOB_STATE_QUEUED",
+                           "JOB_STATE_STOPPED", "JOB_STATE_DRAINING", "JOB_STATE_CANCELLING",
+                           "JOB_STATE_RESOURCE_CLEANING_UP", "JOB_STATE_PAUSING",
+                           "JOB_STATE_PAUSED"})
+DATAFLOW_TIMEOUT_S = 30.0
 # Object stores: how long a launcher waits between writing its marker and reading it
 # back, so that another launcher's write racing its own shows up in the read-back.
 REMOTE_SETTLE_S = 2.0
@@ -201,9 +215,19 @@ class RunMarker:
     argv: list[str]
     boot_id: str | None = None  # Linux: tells a reboot (pids start over) from a live pid
     pid_started: int | None = None  # Linux: the pid's start time, tells a reused pid
+    # Where the job runs (`record_submission` adds the job once it is submitted): on a
+    # runner outside the launcher, liveness asks the runner, not the launcher's pid.
+    runner: str | None = None  # "FnApiRunner", "DataflowRunner", ...
+    job_id: str | None = None  # Dataflow's job id (none for a template launch)
+    region: str | None = None
+    project: str | None = None
+    job_name: str | None = None  # Dataflow's job name: how a template launch is found
+    submitted_at: str | None = None  # UTC, when the job was handed to its runner
     released: bool = dataclasses.field(default=False, compare=False)
 
-    FIELDS = ("run_id", "started_at", "host", "pid", "user", "argv", "boot_id", "pid_started")
+    JOB_FIELDS = ("runner", "job_id", "region", "project", "job_name", "submitted_at")
+    FIELDS = ("run_id", "started_at", "host", "pid", "user", "argv", "boot_id", "pid_started",
+              *JOB_FIELDS)
 
     def to_json(self) -> bytes:
         record = {"format": 1, **{k: getattr(self, k) for k in self.FIELDS}}
@@ -244,6 +268,126 @@ def release_run_marker(output: str, run_id: str) -> bool:
     return _release(join(output, RUN_MARKER), run_id, quiet_if_gone=True)
 
 
+class OutputTakenOver(JobError):
+    """The run marker no longer names this run: another run holds the output (or the
+    marker was deleted by hand), so this run publishes nothing."""
+
+
+def check_owner(output: str, run_id: str) -> None:
+    """Raise OutputTakenOver unless OUT/_RUN.json still names run `run_id`: the final
+    step asks just before it moves files or writes summary.json and _SUCCESS.
+
+    A marker that is gone counts as ours only when summary.json names this run: its own
+    earlier attempt wrote the outcome and released the marker (a retried step), and no
+    other run has started since (a run clears summary.json once it holds the marker).
+    """
+    path = join(output, RUN_MARKER)
+    record = _read_marker(path)
+    if record is not None and record.get("run_id") == run_id:
+        return
+    kept = f"run {run_id} published nothing; its files stay in {staging(output, run_id)}"
+    if record is None:
+        summary = read_summary(output)
+        if summary is not None and summary.get("run_id") == run_id:
+            return
+        raise OutputTakenOver(
+            f"{output}: the run marker {path} is gone (deleted by hand?), so this run no "
+            f"longer holds the output: {kept}; score it again")
+    raise OutputTakenOver(
+        f"{output} is now held by run {record.get('run_id', '?')} ({_holder(record)}), "
+        f"which took it over from this run: {kept}; the other run's output is left as "
+        "it is")
+
+
+def _holder(record: dict) -> str:
+    """Who holds a marker, for messages: the run's job on its runner, and its launcher."""
+    launcher = (f"launched {record.get('started_at', '?')} on host {record.get('host', '?')}"
+                f", pid {record.get('pid', '?')}, user {record.get('user', '?')}")
+    if record.get("runner") == DATAFLOW and (record.get("job_id") or record.get("job_name")):
+        return f"{_dataflow_job(record)}, {launcher}"
+    return launcher
+
+
+def record_submission(output: str, run_id: str, runner: str, job_id: str | None = None,
+                      region: str | None = None, project: str | None = None,
+                      job_name: str | None = None) -> bool:
+    """Rewrite run `run_id`'s marker once its job is submitted to `runner`, keeping the
+    run and its launcher, adding the job: from then on the marker's liveness asks the
+    runner (a --detach launcher exits at submission; its dead pid says nothing). Returns
+    False, with a warning, when the marker is no longer that run's (left as it is)."""
+    path = join(output, RUN_MARKER)
+    record = _read_marker(path)
+    if not record or record.get("run_id") != run_id:
+        log.warning("run marker %s no longer names run %s; its job is not recorded there",
+                    path, run_id)
+        return False
+    record.update(runner=runner, job_id=job_id, region=region, project=project,
+                  job_name=job_name, submitted_at=f"{_now():%Y-%m-%dT%H:%M:%SZ}")
+    data = (json.dumps(record, indent=2) + "\n").encode()
+    if "://" in output:
+        with FileSystems.create(path) as f:
+            f.write(data)
+        return True
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # written aside, replaced in one step
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return True
+
+
+def dataflow_job_state(project: str | None, region: str | None, job_id: str | None,
+                       job_name: str | None = None) -> str | None:
+    """The Dataflow job's current state as the API names it ("JOB_STATE_RUNNING"): the
+    job `job_id`, or without one (a template launch) the newest job named `job_name`;
+    None when there is no such job by name. Raises whatever the client raises (no
+    credentials, no permission, no such job id): the one place pairscore asks Dataflow,
+    through the google-cloud-dataflow client that Beam's Dataflow runner uses."""
+    from google.cloud import dataflow
+
+    client = dataflow.JobsV1Beta3Client()
+    if job_id:
+        job = client.get_job(request=dataflow.GetJobRequest(
+            project_id=project, location=region, job_id=job_id,
+            view=dataflow.JobView.JOB_VIEW_SUMMARY), timeout=DATAFLOW_TIMEOUT_S)
+        return dataflow.JobState(job.current_state).name
+    jobs = client.list_jobs(request=dataflow.ListJobsRequest(
+        project_id=project, location=region, filter=dataflow.ListJobsRequest.Filter.ALL),
+        timeout=DATAFLOW_TIMEOUT_S)
+    for job in jobs:  # newest first
+        if job.name == job_name:
+            return dataflow.JobState(job.current_state).name
+    return None
+
+
+def _dataflow_job(record: dict) -> str:
+    which = (f"Dataflow job {record['job_id']}" if record.get("job_id")
+             else f"Dataflow job named {record.get('job_name')}")
+    return f"{which} (project {record.get('project')}, region {record.get('region')})"
+
+
+def _ask_dataflow(record: dict) -> tuple[str | None, str]:
+    """(why the marker's Dataflow job is over, or None; what Dataflow said)."""
+    job = _dataflow_job(record)
+    try:
+        state = dataflow_job_state(record.get("project"), record.get("region"),
+                                   record.get("job_id"), record.get("job_name"))
+    except Exception as e:  # noqa: BLE001  (credentials, permissions, network: unknown)
+        said = f"could not be asked ({type(e).__name__}: {e})"
+    else:
+        if state in DATAFLOW_ENDED:
+            return f"{job} is {state}", ""
+        if state in DATAFLOW_LIVE:
+            return None, f"{job} is {state}"
+        said = f"is {state}" if state else "was not found"
+    if record.get("job_id"):
+        check = (f"`gcloud dataflow jobs describe {record['job_id']} --project "
+                 f"{record.get('project')} --region {record.get('region')}`")
+    else:
+        check = (f"`gcloud dataflow jobs list --project {record.get('project')} --region "
+                 f"{record.get('region')} --filter name={record.get('job_name')}`")
+    return None, f"{job} {said}: taken as still running; check it with {check}"
+
+
 def new_run_id() -> str:
     return f"{_now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
@@ -254,14 +398,20 @@ def acquire_run_marker(
     stale_after_s: float = STALE_RUN_AFTER_S,
     argv: list[str] | None = None,
     settle_s: float | None = None,
+    runner: str | None = None,
 ) -> RunMarker:
     """Claim OUT for this run by writing OUT/_RUN.json, or raise JobError naming the
     run that holds it.
 
     A marker is stale, and taken over with a warning, when it is older than
-    `stale_after_s` (--stale-run-after), or when it was left on this host by a process
-    that is gone (the pid is not alive, or it now belongs to a process started later,
-    or the host rebooted since). A marker from another host is live until it is old.
+    `stale_after_s` (--stale-run-after); otherwise its runner decides. A run whose job
+    was submitted to Dataflow (`record_submission`) is over once Dataflow says the job
+    has ended (`dataflow_job_state`: done, failed, cancelled, drained, updated); any
+    other answer, or none, counts as running. A job submitted to another runner that
+    runs it elsewhere cannot be asked: live until old. A run on a local runner, or
+    still being submitted, is the launcher's process: over when it was left on this
+    host by a process that is gone (the pid is not alive, or it now belongs to a process
+    started later, or the host rebooted since); from another host it is live until old.
 
     Local paths are claimed atomically (a hard link, which fails if the marker exists).
     Beam's FileSystems have no create-if-absent for object stores (gs://, s3://): there
@@ -276,12 +426,13 @@ def acquire_run_marker(
     path = join(output, RUN_MARKER)
     local = "://" not in output
     mine = _this_process(path, run_id or new_run_id(), argv)
+    mine.runner = runner
     for _ in range(3):
         existing = _read_marker(path)
         if existing is not None:
-            why = _stale_because(existing, stale_after_s)
+            why, said = _liveness(existing, stale_after_s)
             if why is None:
-                raise JobError(_in_use(output, path, existing, stale_after_s))
+                raise JobError(_in_use(output, path, existing, stale_after_s, said))
             log.warning(
                 "%s: taking over the run marker of run %s (%s)",
                 output,
@@ -430,11 +581,29 @@ def _age_s(record: dict) -> float | None:
 
 def _stale_because(record: dict, stale_after_s: float) -> str | None:
     """Why the marker's run is over, or None if it may still be running."""
+    return _liveness(record, stale_after_s)[0]
+
+
+def _liveness(record: dict, stale_after_s: float) -> tuple[str | None, str]:
+    """(why the marker's run is over, or None if it may still be running; what its
+    runner said, for the message refusing the output)."""
     age = _age_s(record)
     if age is None:
-        return "the marker is unreadable or has no start time"
+        return "the marker is unreadable or has no start time", ""
     if age > stale_after_s:
-        return f"started {age:.0f} s ago, more than --stale-run-after {stale_after_s:g} s"
+        return (f"started {age:.0f} s ago, more than --stale-run-after {stale_after_s:g} s",
+                "")
+    runner = record.get("runner") or ""
+    if runner == DATAFLOW and (record.get("job_id") or record.get("job_name")):
+        return _ask_dataflow(record)
+    if record.get("submitted_at") and runner not in IN_PROCESS_RUNNERS:
+        return None, (f"its job was submitted to {runner} at {record['submitted_at']}, "
+                      "which pairscore cannot ask: taken as still running")
+    return _launcher_gone_because(record), ""
+
+
+def _launcher_gone_because(record: dict) -> str | None:
+    """Why the launcher's process, which runs the job, is gone; None if it may be alive."""
     if record.get("host") != socket.gethostname() or os.name != "posix":
         return None  # another machine's pid tells nothing here
     boot_id, here = record.get("boot_id"), _boot_id()
@@ -456,16 +625,21 @@ def _stale_because(record: dict, stale_after_s: float) -> str | None:
     return None
 
 
-def _in_use(output: str, path: str, record: dict, stale_after_s: float) -> str:
+def _in_use(output: str, path: str, record: dict, stale_after_s: float,
+            said: str = "") -> str:
     age = _age_s(record)
     ago = f", {age:.0f} s ago" if age is not None else ""
+    if said:  # its runner was asked, or cannot be
+        how = (f"{said}; if that run is over, delete {path} or pass --stale-run-after with "
+               f"fewer seconds than its age (now {stale_after_s:g})")
+    else:
+        how = (f"if that run is dead, delete {path} or pass --stale-run-after with fewer "
+               f"seconds than its age (now {stale_after_s:g}; a marker left on this host by "
+               "a dead pid is taken over at once)")
     return (
         f"{output} is in use by run {record.get('run_id', '?')} started at "
         f"{record.get('started_at', '?')}{ago} on host {record.get('host', '?')} "
-        f"(pid {record.get('pid', '?')}, user {record.get('user', '?')}); if that run is "
-        f"dead, delete {path} or pass --stale-run-after with fewer seconds than its age "
-        f"(now {stale_after_s:g}; a marker left on this host by a dead pid is taken over "
-        "at once)"
+        f"(pid {record.get('pid', '?')}, user {record.get('user', '?')}); {how}"
     )
 
 

@@ -10,6 +10,10 @@ launched it is gone (a scheduler that submits and moves on)::
     publish OUT/_staging/RUN_ID/{labels,rejects}/* -> OUT/{labels,rejects}/
     write   OUT/summary.json, then OUT/_SUCCESS; release the run marker
 
+Only while the run marker (OUT/_RUN.json) still names this run: it is read again
+before the commit, before each batch of moves and before summary.json and _SUCCESS;
+a run another run took the output from publishes nothing (`pio.OutputTakenOver`).
+
 Idempotent: a runner may run the step again (a worker lost mid-step). Each written file is
 looked for where it is staged, then where it is published, so a retry after some files
 moved counts and moves the rest; summary.json and _SUCCESS are simply written again.
@@ -89,18 +93,28 @@ def count_written(label_files: list[str], reject_files: list[str]) -> Tally:
     return tally
 
 
-def publish_files(output: str, staged: list[str]) -> None:
+# Files moved per rename call; the run marker is read again before each call.
+PUBLISH_CHUNK = 16
+
+
+def publish_files(output: str, staged: list[str], owner: str | None = None) -> None:
     """Move each staged file to its published place; a file already there (an earlier
-    attempt moved it) is left as it is."""
+    attempt moved it) is left as it is. With `owner`, the run marker must still name
+    that run just before each batch of moves (`pio.check_owner`), else nothing more
+    moves."""
     sources = [p for p in staged if FileSystems.exists(p)]
     targets = [published_path(output, p) for p in sources]
+    if owner is not None:
+        pio.check_owner(output, owner)
     if "://" not in output:  # object stores have no directories
         for d in sorted({t.rsplit("/", 1)[0] for t in targets}):
             if not FileSystems.exists(d):
                 FileSystems.mkdirs(d)
-    if sources:
+    for i in range(0, len(sources), PUBLISH_CHUNK):
+        if owner is not None and i:
+            pio.check_owner(output, owner)
         # Rename over a target left by a copy-then-delete that stopped half-way.
-        FileSystems.rename(sources, targets)
+        FileSystems.rename(sources[i:i + PUBLISH_CHUNK], targets[i:i + PUBLISH_CHUNK])
 
 
 def _delete_tree(path: str) -> None:
@@ -222,6 +236,8 @@ def finalize_run(cfg, files: dict, duplicates: int, distinct_ids: int,
     summary["gates"] = monitor.check_gates(cfg.gates, summary)
     reason = withheld_because(cfg, summary)
     if reason is not None:
+        # Nothing of this run goes into OUT once another run holds it.
+        pio.check_owner(cfg.output, cfg.run_id)
         summary.update(status=WITHHELD, error=reason)
         _write_outcome(cfg.output, summary)
         # The run is over: the next one may take the output (and clear this staging).
@@ -240,9 +256,11 @@ def finalize_run(cfg, files: dict, duplicates: int, distinct_ids: int,
         summary["staged_files"] = staged
         if cfg.store is not None and store_files:
             summary["staged_store"] = {"dim": cfg.store.dim, "files": list(store_files)}
+        pio.check_owner(cfg.output, cfg.run_id)
         _write_outcome(cfg.output, summary)
         pio.release_run_marker(cfg.output, cfg.run_id)
         raise RunGated(summary["error"])
+    pio.check_owner(cfg.output, cfg.run_id)  # a run that lost the output commits nothing
     if cfg.store is not None:
         store.commit_run(cfg.store, list(store_files))
     _publish(cfg.output, cfg.run_id, staged, summary)
@@ -253,18 +271,24 @@ def finalize_run(cfg, files: dict, duplicates: int, distinct_ids: int,
 def _publish(output: str, run_id: str, staged: list[str], summary: dict,
              marker_id: str | None = None) -> None:
     """Move run `run_id`'s staged files into place, then write report.html, summary.json
-    and, last, _SUCCESS; release the run marker (`marker_id`'s, by default the run's)."""
-    publish_files(output, staged)
+    and, last, _SUCCESS; release the run marker (`marker_id`'s, by default the run's).
+    Just before it moves files, and again before summary.json and _SUCCESS, the marker
+    must still be that run's (`pio.check_owner`): a run whose output another run took
+    over publishes nothing more and raises OutputTakenOver naming that run."""
+    owner = marker_id or run_id
+    publish_files(output, staged, owner)
     _delete_tree(pio.staging(output, run_id))
     staging_root = join(output, pio.STAGING)
     if not pio._match(join(staging_root, "*")):
         _delete_tree(staging_root)
     summary.update(status=PUBLISHED, error=None)
+    pio.check_owner(output, owner)
     _write_outcome(output, summary)
     # Not empty: Beam's S3 writer cannot create a zero-byte object (S3 rejects a
     # multipart upload with no parts).
+    pio.check_owner(output, owner)
     pio.write_text(join(output, pio.SUCCESS), "ok\n")
-    pio.release_run_marker(output, marker_id or run_id)
+    pio.release_run_marker(output, owner)
 
 
 def _commit_staged_store(summary: dict) -> None:

@@ -318,6 +318,8 @@ def _staged_run(tmp_path, model, drop_last=False):
         job.ScoreOptions(["--input", str(src), "--output", str(out), "--model", model]),
         dry_run=False,
     )
+    # As run() does before the pipeline: the final step runs under the run's marker.
+    pio.acquire_run_marker(str(out), cfg.run_id, 3600)
     staged = out / "_staging" / cfg.run_id
     ids = [r[0] for r in (PAIRS[:-1] if drop_last else PAIRS)]
     labels = pa.table({"pair_id": ids, "score": pa.array([0.5] * len(ids), pa.float32()),
@@ -471,3 +473,183 @@ def test_a_crashed_runs_leftovers_are_cleared(tmp_path, bilstm_model):
     (out / "_staging" / "labels" / "beam-temp-part-0" / "x.part.parquet").write_bytes(b"PAR1")
     pio.clear_previous_output(str(out))
     assert _files(out) == []
+
+
+# --- one run owns the output to the end: detached launches, a marker taken over ---------
+
+JOB_ID = "2025-06-01_01_00_00-1234567890"
+
+
+class _SubmittedToDataflow:
+    """What DataflowRunner's run() returns once the job is submitted (a
+    DataflowPipelineResult): the job runs on Dataflow, not in this process."""
+
+    def job_id(self):
+        return JOB_ID
+
+
+def _submitting_pipeline():
+    """A pipeline whose run() submits to a fake Dataflow service: the graph is built as
+    for any run, nothing runs here."""
+    import apache_beam as beam
+
+    class Submitting(beam.Pipeline):
+        def run(self, test_runner_api="AUTO"):
+            return _SubmittedToDataflow()
+
+    return Submitting(runner="FnApiRunner")
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _job_state(monkeypatch, state):
+    """Fake the Dataflow API at its one boundary (`pio.dataflow_job_state`)."""
+    calls = []
+
+    def ask(project, region, job_id, job_name=None):
+        calls.append((project, region, job_id))
+        return state
+
+    monkeypatch.setattr(pio, "dataflow_job_state", ask)
+    return calls
+
+
+def test_a_second_launch_while_a_detached_dataflow_run_is_live_is_refused(
+    tmp_path, bilstm_model, monkeypatch, capsys
+):
+    src, out = tmp_path / "pairs.parquet", tmp_path / "out"
+    write_pairs(src, PAIRS)
+    argv = ["--input", str(src), "--output", str(out), "--model", bilstm_model]
+    # The nightly launch: submitted with --detach, the launcher returns at once...
+    first = job.run([*argv, "--runner", "DataflowRunner", "--project", "proj",
+                     "--region", "us-central1", "--detach"], test_pipeline=_submitting_pipeline())
+    assert first.summary is None
+    marker = json.loads((out / pio.RUN_MARKER).read_text())
+    assert (marker["runner"], marker["job_id"], marker["region"], marker["project"]) == (
+        "DataflowRunner", JOB_ID, "us-central1", "proj")
+    assert marker["submitted_at"]
+    run_id = marker["run_id"]
+    # ... and exits; its job runs on Dataflow and is writing under _staging/.
+    marker["pid"], marker["pid_started"] = _dead_pid(), None
+    (out / pio.RUN_MARKER).write_text(json.dumps(marker))
+    staged = out / "_staging" / run_id / "labels" / "beam-temp-x" / "part-0.parquet"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"PAR1 being written")
+    before = _files(out)
+
+    calls = _job_state(monkeypatch, "JOB_STATE_RUNNING")
+    capsys.readouterr()
+    assert cli.main(["score", *argv]) == 2
+    err = capsys.readouterr().err
+    assert f"pairscore score: error: {out} is in use by run {run_id} " in err
+    assert f"Dataflow job {JOB_ID} (project proj, region us-central1) is JOB_STATE_RUNNING" in err
+    assert calls == [("proj", "us-central1", JOB_ID)]
+    assert _files(out) == before and staged.read_bytes() == b"PAR1 being written"
+    assert json.loads((out / pio.RUN_MARKER).read_text()) == marker
+
+    # The job failed on Dataflow (its last step never released the marker): taken over.
+    _job_state(monkeypatch, "JOB_STATE_FAILED")
+    result = job.run(argv)
+    assert result.summary["status"] == "published" and (out / "_SUCCESS").exists()
+    assert not (out / "_staging").exists() and not (out / pio.RUN_MARKER).exists()
+
+
+def _other_run_publishing(out, run_id="run-B"):
+    """What run B, which took the output over, has in place while it publishes: its
+    marker, part of its labels published, the rest staged."""
+    marker = {"format": 1, "run_id": run_id, "started_at": pio._now().strftime(
+        "%Y-%m-%dT%H:%M:%SZ"), "host": "other-host", "pid": 4242, "user": "b",
+        "argv": ["pairscore", "score"], "runner": "DataflowRunner", "job_id": "B-job",
+        "region": "europe-west1", "project": "proj"}
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    write_pairs(out / "labels" / "part-00000-of-00001.parquet", [("b1", "B's", "row")])
+    staged = out / "_staging" / run_id / "rejects"
+    staged.mkdir(parents=True)
+    write_pairs(staged / "part-00000-of-00001.parquet", [])
+    (out / pio.RUN_MARKER).write_text(json.dumps(marker))
+    return {p: (out / p).read_bytes() for p in _files(out)}
+
+
+def test_a_run_whose_marker_was_taken_over_mid_run_publishes_nothing(
+    tmp_path, bilstm_model, monkeypatch, capsys
+):
+    """A real local run; while it scores, run B takes the output over and starts to
+    publish. This run's last step sees the marker is no longer its own: it moves nothing,
+    writes no summary.json, report.html or _SUCCESS, and fails naming run B."""
+    src, out = tmp_path / "pairs.parquet", tmp_path / "out"
+    write_pairs(src, PAIRS)
+    theirs = {}
+    original = handler.LoadedPairModel.score
+
+    def score_while_b_takes_over(self, *args):
+        if not theirs:
+            theirs.update(_other_run_publishing(out))
+        return original(self, *args)
+
+    monkeypatch.setattr(handler.LoadedPairModel, "score", score_while_b_takes_over)
+    capsys.readouterr()
+    code = cli.main(["score", "--input", str(src), "--output", str(out), "--model",
+                     bilstm_model, "--mode", "pairs"])
+    err = capsys.readouterr().err
+    assert theirs, "the model was never called"
+    assert code == 2, err
+    assert f"{out} is now held by run run-B " in err and "Dataflow job B-job" in err
+    assert "published nothing" in err
+    # Run B's files, byte for byte, and nothing of this run's beside them.
+    published = [p for p in _files(out) if not p.startswith("_staging/")]
+    assert published == sorted(p for p in theirs if not p.startswith("_staging/"))
+    for path, data in theirs.items():
+        assert (out / path).read_bytes() == data, path
+    assert pq.read_table(out / "labels")["pair_id"].to_pylist() == ["b1"]
+    assert not (out / "_SUCCESS").exists() and not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("how", ["taken over", "deleted"])
+@pytest.mark.parametrize("drop_last", [False, True], ids=["publishable", "withheld"])
+def test_the_final_step_of_a_run_that_lost_its_marker_writes_nothing(
+    tmp_path, bilstm_model, how, drop_last
+):
+    cfg, labels, rejects = _staged_run(tmp_path, bilstm_model, drop_last=drop_last)
+    out = tmp_path / "out"
+    if how == "deleted":
+        (out / pio.RUN_MARKER).unlink()
+        theirs, holder = {}, "the run marker .* is gone"
+    else:
+        theirs, holder = _other_run_publishing(out), f"{out} is now held by run run-B"
+    staged = _files(out)
+    with pytest.raises(pio.OutputTakenOver, match=holder) as err:
+        publish.finalize_run(cfg, {"labels": labels, "rejects": rejects},
+                             duplicates=2, distinct_ids=7)
+    assert f"run {cfg.run_id} published nothing" in str(err.value)
+    assert _files(out) == staged
+    for path, data in theirs.items():
+        assert (out / path).read_bytes() == data, path
+
+
+def test_the_moves_stop_at_the_next_batch_once_the_marker_is_taken_over(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    pio.acquire_run_marker(str(out), "run-A", 3600)
+    staged = out / "_staging" / "run-A" / "labels"
+    staged.mkdir(parents=True)
+    paths = []
+    for i in range(40):
+        paths.append(staged / f"part-{i:05d}-of-00040.parquet")
+        paths[-1].write_bytes(b"PAR1")
+    real_rename = publish.FileSystems.rename
+    batches = []
+
+    def rename_then_taken_over(sources, targets):
+        batches.append(len(sources))
+        real_rename(sources, targets)
+        _other_run_publishing(out)  # run B takes the output over meanwhile
+
+    monkeypatch.setattr(publish.FileSystems, "rename", rename_then_taken_over)
+    with pytest.raises(pio.OutputTakenOver, match=r"now held by run run-B"):
+        publish.publish_files(str(out), [str(p) for p in paths], "run-A")
+    assert batches == [publish.PUBLISH_CHUNK]
+    moved = [p for p in (out / "labels").iterdir() if p.name != "part-00000-of-00001.parquet"]
+    assert len(moved) == publish.PUBLISH_CHUNK

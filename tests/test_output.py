@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from model.config import join
+from model.storage import join
 from pipeline import io as pio
 from pipeline.io import JobError
 from tests.conftest import write_pairs
@@ -312,6 +312,174 @@ def test_marker_in_s3(s3):  # noqa: F811
         pio.acquire_run_marker(out, "s3-earlier", 3600, settle_s=1.5)
     later.join()
     assert json.loads(s3.get(key))["run_id"] == "s3-later"
+
+
+# --- the run's identity on its runner: a detached Dataflow launch ---------------------
+
+JOB_ID = "2025-06-01_01_00_00-1234567890"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _plant_dataflow(out, run_id="nightly", **fields):
+    """The marker a detached Dataflow launch leaves on this host: the launcher's pid is
+    dead (it exited at submission), the job runs on Dataflow."""
+    record = {"pid": _dead_pid(), "pid_started": None, "runner": "DataflowRunner",
+              "job_id": JOB_ID, "region": "us-central1", "project": "proj",
+              "job_name": "pairscore-nightly", "submitted_at": _iso(5), **fields}
+    return _plant(out, run_id, **record)
+
+
+def _job_state(monkeypatch, state):
+    """Fake the Dataflow API at its one boundary, `pio.dataflow_job_state`."""
+    calls = []
+
+    def ask(project, region, job_id, job_name=None):
+        calls.append((project, region, job_id, job_name))
+        if isinstance(state, Exception):
+            raise state
+        return state
+
+    monkeypatch.setattr(pio, "dataflow_job_state", ask)
+    return calls
+
+
+@pytest.mark.parametrize("state", ["JOB_STATE_RUNNING", "JOB_STATE_PENDING",
+                                   "JOB_STATE_QUEUED", "JOB_STATE_CANCELLING"])
+def test_a_detached_dataflow_launch_is_live_while_its_job_runs(tmp_path, monkeypatch, state):
+    out = tmp_path / "out"
+    planted = _plant_dataflow(out)
+    calls = _job_state(monkeypatch, state)
+    with pytest.raises(JobError) as err:
+        pio.acquire_run_marker(str(out), "mine", 3600)
+    message = str(err.value)
+    assert message.startswith(f"{out} is in use by run nightly started at ")
+    assert f"Dataflow job {JOB_ID} (project proj, region us-central1) is {state}" in message
+    assert calls == [("proj", "us-central1", JOB_ID, "pairscore-nightly")]
+    assert _marker(out) == planted
+
+
+@pytest.mark.parametrize("state", ["JOB_STATE_DONE", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED",
+                                   "JOB_STATE_DRAINED", "JOB_STATE_UPDATED"])
+def test_a_dataflow_runs_marker_is_taken_over_once_its_job_has_ended(tmp_path, monkeypatch,
+                                                                      caplog, state):
+    out = tmp_path / "out"
+    _plant_dataflow(out, pid=os.getpid(), host="elsewhere.example")  # any host, any pid
+    _job_state(monkeypatch, state)
+    with caplog.at_level(logging.WARNING, logger="pairscore.io"):
+        marker = pio.acquire_run_marker(str(out), "mine", 3600)
+    assert _marker(out)["run_id"] == "mine"
+    assert (f"taking over the run marker of run nightly (Dataflow job {JOB_ID} (project "
+            f"proj, region us-central1) is {state})") in caplog.text
+    marker.release()
+
+
+@pytest.mark.parametrize("state", [None, "JOB_STATE_UNKNOWN", "JOB_STATE_SOMETHING_NEW",
+                                   PermissionError("403 the caller may not read jobs")])
+def test_a_dataflow_job_that_cannot_be_asked_is_taken_as_running(tmp_path, monkeypatch, state):
+    out = tmp_path / "out"
+    _plant_dataflow(out, seconds_ago=600)
+    _job_state(monkeypatch, state)
+    with pytest.raises(JobError) as err:
+        pio.acquire_run_marker(str(out), "mine", 3600)
+    message = str(err.value)
+    assert f"Dataflow job {JOB_ID} (project proj, region us-central1)" in message
+    if isinstance(state, Exception):
+        assert "could not be asked (PermissionError: 403 the caller may not read jobs)" \
+            in message
+    assert "taken as still running" in message
+    assert (f"gcloud dataflow jobs describe {JOB_ID} --project proj --region us-central1"
+            in message)
+    assert f"delete {out / pio.RUN_MARKER} or pass --stale-run-after" in message
+    # What the message offers works: a --stale-run-after below the marker's age.
+    pio.acquire_run_marker(str(out), "mine", 300).release()
+
+
+def test_a_template_launch_is_asked_for_by_its_job_name(tmp_path, monkeypatch):
+    """A Flex Template launcher writes the job for Dataflow to submit: it never learns the
+    job id, only the job's name."""
+    out = tmp_path / "out"
+    _plant_dataflow(out, job_id=None)
+    calls = _job_state(monkeypatch, "JOB_STATE_RUNNING")
+    with pytest.raises(JobError, match=r"Dataflow job named pairscore-nightly \(project proj, "
+                                       r"region us-central1\) is JOB_STATE_RUNNING"):
+        pio.acquire_run_marker(str(out), "mine", 3600)
+    assert calls == [("proj", "us-central1", None, "pairscore-nightly")]
+
+
+def test_a_dataflow_launch_that_died_before_submitting_is_taken_over(tmp_path, monkeypatch,
+                                                                      caplog):
+    """No job recorded yet: the launcher was still submitting, so its pid is the run's."""
+    out = tmp_path / "out"
+    planted = _plant_dataflow(out, job_id=None, job_name=None, submitted_at=None)
+    calls = _job_state(monkeypatch, "JOB_STATE_RUNNING")
+    with caplog.at_level(logging.WARNING, logger="pairscore.io"):
+        pio.acquire_run_marker(str(out), "mine", 3600).release()
+    assert f"pid {planted['pid']} is no longer alive on this host" in caplog.text
+    assert calls == []
+
+
+def test_a_job_submitted_to_a_runner_that_cannot_be_asked_is_live_until_stale(tmp_path):
+    out = tmp_path / "out"
+    _plant(out, "flink-run", seconds_ago=600, pid=_dead_pid(), pid_started=None,
+           runner="FlinkRunner", submitted_at=_iso(590))
+    with pytest.raises(JobError, match=r"in use by run flink-run .*submitted to FlinkRunner"):
+        pio.acquire_run_marker(str(out), "mine", 3600)
+    pio.acquire_run_marker(str(out), "mine", 300).release()
+
+
+def test_record_submission_keeps_the_run_and_adds_its_job(tmp_path):
+    out = tmp_path / "out"
+    marker = pio.acquire_run_marker(str(out), "run-1", 3600, runner="DataflowRunner")
+    before = _marker(out)
+    assert before["runner"] == "DataflowRunner" and before["job_id"] is None
+    assert pio.record_submission(str(out), "run-1", "DataflowRunner", job_id=JOB_ID,
+                                 region="us-central1", project="proj", job_name="n") is True
+    after = _marker(out)
+    assert {k: after[k] for k in before if k not in pio.RunMarker.JOB_FIELDS} == \
+        {k: before[k] for k in before if k not in pio.RunMarker.JOB_FIELDS}
+    assert (after["job_id"], after["region"], after["project"], after["job_name"]) == (
+        JOB_ID, "us-central1", "proj", "n")
+    assert after["submitted_at"].endswith("Z")
+    assert _files(out) == [pio.RUN_MARKER]
+    # Another run's marker is never rewritten.
+    _plant(out, "theirs")
+    assert pio.record_submission(str(out), "run-1", "DataflowRunner", job_id="x") is False
+    assert _marker(out)["run_id"] == "theirs" and "job_id" not in _marker(out)
+    marker.release()
+
+
+def test_dataflow_job_state_asks_the_dataflow_api(monkeypatch):
+    """The boundary itself, against a fake of the google-cloud-dataflow client Beam ships."""
+    from google.cloud import dataflow
+
+    asked = []
+
+    class Jobs:
+        def get_job(self, request, timeout=None):
+            asked.append(("get", request.project_id, request.location, request.job_id))
+            return dataflow.Job(id=request.job_id, name="n",
+                                current_state=dataflow.JobState.JOB_STATE_RUNNING)
+
+        def list_jobs(self, request, timeout=None):
+            asked.append(("list", request.project_id, request.location))
+            return [dataflow.Job(id="new", name="other",
+                                 current_state=dataflow.JobState.JOB_STATE_RUNNING),
+                    dataflow.Job(id="mid", name="n",
+                                 current_state=dataflow.JobState.JOB_STATE_DONE),
+                    dataflow.Job(id="old", name="n",
+                                 current_state=dataflow.JobState.JOB_STATE_RUNNING)]
+
+    monkeypatch.setattr(dataflow, "JobsV1Beta3Client", Jobs)
+    assert pio.dataflow_job_state("proj", "eu", JOB_ID) == "JOB_STATE_RUNNING"
+    assert pio.dataflow_job_state("proj", "eu", None, "n") == "JOB_STATE_DONE"  # the newest
+    assert pio.dataflow_job_state("proj", "eu", None, "absent") is None
+    assert asked == [("get", "proj", "eu", JOB_ID), ("list", "proj", "eu"),
+                     ("list", "proj", "eu")]
 
 
 # --- counting what was written, distinct ids ------------------------------------------
