@@ -262,6 +262,27 @@ def _counters(result: PipelineResult) -> dict:
     return out
 
 
+def _record_job(cfg: JobConfig, options: PipelineOptions, result: PipelineResult) -> None:
+    """Once a runner that runs the job outside this process has it, the run marker names
+    the job (on Dataflow: job id, or for a template launch the job name; region,
+    project), so that a later launch asks the runner whether the run is alive: a
+    --detach launcher exits here and its pid says nothing more. A local runner has run
+    the whole job inside p.run() (--detach too): its marker is already released."""
+    if cfg.runner in pio.IN_PROCESS_RUNNERS:
+        return
+    gcp = options.view_as(GoogleCloudOptions)
+    try:
+        job_id = result.job_id()  # DataflowPipelineResult; none for a template launch
+    except Exception:  # noqa: BLE001  (no job id on this runner, or no job submitted)
+        job_id = None
+    try:
+        pio.record_submission(cfg.output, cfg.run_id, cfg.runner, job_id=job_id,
+                              region=gcp.region, project=gcp.project, job_name=gcp.job_name)
+    except Exception as e:  # noqa: BLE001  (the job runs: say so, do not fail the launch)
+        log.warning("could not record job %s in the run marker (%s); until it is, another "
+                    "launch may take the output over once this launcher exits", job_id, e)
+
+
 def run(argv=None, save_main_session=False, test_pipeline=None) -> PipelineResult:
     """Build and run the scoring job; returns the Beam PipelineResult, with `.summary`
     (summary.json plus the Beam counters) once the job has finished.
@@ -286,10 +307,11 @@ def run(argv=None, save_main_session=False, test_pipeline=None) -> PipelineResul
     build(p, cfg, dry_run=dry_run)
     if dry_run:
         return p.run()
-    pio.acquire_run_marker(cfg.output, cfg.run_id, opts.stale_run_after)
+    pio.acquire_run_marker(cfg.output, cfg.run_id, opts.stale_run_after, runner=cfg.runner)
     try:
         pio.clear_previous_output(cfg.output)
         result = p.run()
+        _record_job(cfg, options, result)
         # A Flex Template launch (template_location set) must exit once submitted.
         template = options.view_as(GoogleCloudOptions).template_location
         if opts.detach or template:
