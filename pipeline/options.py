@@ -128,8 +128,9 @@ class ScoreOptions(PipelineOptions):
         parser.add_argument("--stale-run-after", "--stale_run_after", dest="stale_run_after",
                             type=float, default=STALE_RUN_AFTER_S, metavar="SECONDS",
                             help="a run marker (OUT/_RUN.json) older than this is stale and "
-                            "taken over; one left on this host by a dead process is taken "
-                            "over at once")
+                            "taken over; sooner, a marker is taken over only when its run is "
+                            "known to be over (a Dataflow job in a terminal state, or a "
+                            "local run's process gone from this host)")
         parser.add_argument("--verbose", action="store_true", default=False,
                             help="also log pairscore's debug lines, e.g. the whole "
                             "summary.json as one JSON line")
