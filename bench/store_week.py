@@ -68,7 +68,7 @@ def read_cost(store_uri: str) -> dict:
         return r.ru_utime + r.ru_stime
 
     [row] = store.info(store_uri)
-    listing = store.list_generations(store.root(store_uri, row["fingerprint"]))
+    listing = store.list_generations(store.root(store_uri, row["namespace"]))
     wall, c0 = time.perf_counter(), cpu()
     chunks = [store.read_file(f, row["dim"]) for g in listing.live for f in g.files]
     index = store.StoreIndex.build([c for c in chunks if c is not None], row["dim"])
@@ -144,7 +144,7 @@ def run(distinct: int, count: int, k: float, kind: str) -> dict:
     cost["read_over_encode_cpu"] = common.ratio(cost["cpu_s_per_million"], encode_cpu_per_m)
     figures["read_cost"] = cost
     started = time.perf_counter()
-    report = store.compact(store_uri, info["fingerprint"])
+    report = store.compact(store_uri, info["namespace"])
     figures["compact"] = {**report, "wall_s": round(time.perf_counter() - started, 3)}
     print(f"store: {info['entries']} entries, {figures['store']['bytes_per_text']} bytes per "
           f"text ({figures['store']['bytes_ratio']}x 4 x {dim} + 16); reading 1M entries "

@@ -275,7 +275,7 @@ def _store(argv: list[str]) -> int:
             if args.json:
                 print(json.dumps(rows, indent=2))
             for r in [] if args.json else rows:
-                print(f"{r['fingerprint']}: {r['entries']} entries, {r['generations']} "
+                print(f"{r['namespace']}: {r['entries']} entries, {r['generations']} "
                       f"generations, {r['files']} files, {r['bytes']} bytes (format "
                       f"{r['format_version']}, dim {r['dim']}; superseded "
                       f"{r['superseded_generations']}, uncommitted "
@@ -284,14 +284,15 @@ def _store(argv: list[str]) -> int:
                 for a in r["set_aside"]:
                     print(f"  set aside: {a['copy']} (was {a['file']}: {a['reason']})")
             return 0
-        fps = [args.fingerprint] if args.fingerprint else store.fingerprints(args.uri)
-        if not fps:
+        known = store.fingerprints(args.uri)  # namespaces: <fingerprint>-<settings>
+        fps = known if not args.fingerprint else [
+            n for n in known if args.fingerprint in (n, n.split("-")[0])]
+        if not known:
             raise JobError(f"{args.uri} holds no embedding store")
-        known = store.fingerprints(args.uri)
+        if not fps:
+            raise JobError(f"{args.uri} has no entries for model fingerprint "
+                           f"{args.fingerprint} (it has: {', '.join(known) or 'none'})")
         for fp in fps:
-            if fp not in known:
-                raise JobError(f"{args.uri} has no entries for model fingerprint {fp} "
-                               f"(it has: {', '.join(known) or 'none'})")
             stale = store.STALE_GENERATION_S if args.stale_after is None else args.stale_after
             print(json.dumps(store.compact(args.uri, fp, stale)))
     except JobError as e:

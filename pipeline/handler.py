@@ -29,6 +29,9 @@ NAMESPACE = "pairscore"
 SCORE_ATTEMPTS = 3
 SCORE_BACKOFF_S = 0.5
 PRECISIONS = ("float32", "bfloat16")
+# float32 with TensorFlow's TF32 matmuls (its default on Ampere and later GPUs) turned off:
+# what runs with an embedding store compute, since the store's embeddings are read as exact.
+FLOAT32_EXACT = "float32-exact"
 
 
 class ModelLoadError(RuntimeError):
@@ -60,7 +63,7 @@ class LoadedPairModel:
     `lazy`."""
 
     def __init__(self, model_dir: str, precision: str = "float32", lazy: bool = False):
-        if precision not in PRECISIONS:
+        if precision not in (*PRECISIONS, FLOAT32_EXACT):
             raise ValueError(f"unknown precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
         self._model_dir = model_dir
         self._precision = precision
@@ -70,7 +73,7 @@ class LoadedPairModel:
         self._load_error = None
         self._lock = threading.Lock()
         self._head = None
-        if lazy and precision == "float32":
+        if lazy and precision in ("float32", FLOAT32_EXACT):
             from model.head import load_head
 
             self._head = load_head(ModelDir.open(model_dir, verify=False))
@@ -102,6 +105,9 @@ class LoadedPairModel:
             tf.config.optimizer.set_experimental_options(
                 {"auto_mixed_precision_onednn_bfloat16": True}
             )
+        if precision == FLOAT32_EXACT:
+            # Process-wide, before the first call: TF32 keeps 10 bits of mantissa.
+            tf.config.experimental.enable_tensor_float_32_execution(False)
         self.device = configure_devices()
         started = time.time()
         try:

@@ -36,7 +36,7 @@ from model.modeldir import ModelDir
 from pipeline import io as pio
 from pipeline import monitor, planning, profiles, publish, stages, store
 from pipeline.config import JobConfig
-from pipeline.handler import NAMESPACE
+from pipeline.handler import FLOAT32_EXACT, NAMESPACE
 from pipeline.io import JobError
 from pipeline.options import ScoreOptions, check_known_flags
 
@@ -116,7 +116,8 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
     spec = None
     if opts.embedding_store:
         spec = store.open_for_run(opts.embedding_store, meta.get("fingerprint", ""), dim,
-                                  run_id, planning.SIDE_INPUT_MAX_BYTES, dry_run)
+                                  run_id, planning.SIDE_INPUT_MAX_BYTES, dry_run,
+                                  meta=meta, model_dir=opts.model)
     return JobConfig(
         input=opts.input,
         output=opts.output,
@@ -138,7 +139,8 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         large_model=opts.large_model,
         model_copies=opts.model_copies,
         plan=plan,
-        precision=opts.precision,
+        # With a store, float32 exactly (TF32 off): the store's embeddings are read as exact.
+        precision=FLOAT32_EXACT if spec is not None else opts.precision,
         max_model_error_ratio=ratio,
         run_id=run_id,
         launched_at=time.time(),

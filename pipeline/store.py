@@ -46,8 +46,11 @@ from pipeline.io import JobError
 
 log = logging.getLogger("pairscore.store")
 
-FORMAT_VERSION = 1  # what new namespaces are written under
-READ_VERSIONS = (1,)  # what this pairscore reads (and compacts, keeping their version)
+FORMAT_VERSION = 2  # what new namespaces are written under
+READ_VERSIONS = (1, 2)  # what this pairscore reads (and compacts, keeping their version)
+# The numeric class of every embedding a store holds: float32 computed exactly (runs with a
+# store refuse --precision bfloat16 and turn TensorFlow's TF32 matmuls off).
+NUMERICS = "float32"
 FORMAT_FILE = "_FORMAT.json"
 COMMIT_FILE = "_COMMITTED.json"
 GENERATION_PREFIX = "gen-"
@@ -100,9 +103,53 @@ def split_by_bucket(keys: np.ndarray, buckets: int) -> list[tuple[int, np.ndarra
 # --- layout ---------------------------------------------------------------------------------
 
 
-def root(uri: str, fingerprint: str) -> str:
-    """URI/<fingerprint>: one model's part of the store."""
-    return join(uri, fingerprint)
+def root(uri: str, namespace: str) -> str:
+    """URI/<namespace>: one model's part of the store, for one set of settings (format 2),
+    or URI/<fingerprint> (format 1)."""
+    return join(uri, namespace)
+
+
+def namespace_settings(fingerprint: str, meta: dict) -> dict:
+    """Everything that shapes an embedding: the model's files (its fingerprint), the
+    settings pairscore.json holds outside them (max_length, the tokenizer's), and the
+    numeric class (`NUMERICS`)."""
+    return {"model_fingerprint": fingerprint, "max_length": int(meta.get("max_length") or 0),
+            "tokenizer": dict(sorted((meta.get("tokenizer") or {}).items())),
+            "numerics": NUMERICS}
+
+
+def namespace_of(settings: dict) -> str:
+    """<fingerprint>-<the first 16 hex digits of SHA-256 of the settings' canonical JSON>."""
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return f"{settings['model_fingerprint']}-{digest}"
+
+
+def exported_differences(model_dir: str, meta: dict) -> list[str]:
+    """How the model's pairscore.json settings differ from those its own (fingerprinted)
+    assets/tokenizer.json was exported with: max_length (its truncation) and the tokenizer
+    settings. Empty: the settings are the export's, the ones a format-1 store of this
+    fingerprint was written with unless pairscore.json was edited since."""
+    from tokenizers import Tokenizer
+
+    from model import tokenization
+    from model.config import TOKENIZER_FILE
+    from model.modeldir import ModelDir
+
+    try:
+        text = ModelDir.open(model_dir, verify=False).read_bytes(TOKENIZER_FILE).decode()
+        exported = (json.loads(text).get("truncation") or {}).get("max_length")
+        info = tokenization.tokenizer_info(Tokenizer.from_str(text))
+    except Exception as e:  # noqa: BLE001
+        return [f"cannot read {TOKENIZER_FILE} ({type(e).__name__}: {e})"]
+    out = []
+    if exported != meta.get("max_length"):
+        out.append(f"max_length {meta.get('max_length')}, exported with {exported}")
+    for k, v in info.items():
+        if (meta.get("tokenizer") or {}).get(k) != v:
+            out.append(f"tokenizer {k} {(meta.get('tokenizer') or {}).get(k)!r}, exported "
+                       f"with {v!r}")
+    return out
 
 
 def generation_name(run_id: str) -> str:
@@ -179,7 +226,7 @@ def _check_version(record: dict, where: str) -> None:
     if version not in READ_VERSIONS:
         raise StoreError(
             f"embedding store {where} was written under format version {version}; this "
-            f"pairscore reads and writes version {_versions()} only: use another "
+            f"pairscore reads format versions {_versions()} only: use another "
             "--embedding-store, or the pairscore that wrote it")
 
 
@@ -311,16 +358,19 @@ def read_file(record: dict, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
         return None
 
 
-def commit_generation(uri: str, fingerprint: str, name: str, files: list[dict], dim: int,
-                      supersedes: list[str] = ()) -> dict:
-    """Make generation `name` visible: write `_FORMAT.json` if the directory has none,
-    then the generation's commit marker, listing `files` ({"path", "rows", "bytes"}).
-    Idempotent (a retried final step writes the same marker again)."""
-    store_root = root(uri, fingerprint)
+def commit_generation(uri: str, namespace: str, name: str, files: list[dict], dim: int,
+                      supersedes: list[str] = (), fingerprint: str | None = None,
+                      settings: dict | None = None) -> dict:
+    """Make generation `name` of URI/<namespace> visible: write `_FORMAT.json` if the
+    directory has none (with the namespace's `settings`), then the generation's commit
+    marker, listing `files` ({"path", "rows", "bytes"}). Idempotent (a retried final step
+    writes the same marker again)."""
+    store_root = root(uri, namespace)
     fmt = read_format(store_root)
     if fmt is None:
         fmt = {"format": "pairscore-embedding-store", "format_version": FORMAT_VERSION,
-               "key": KEY_ALGORITHM, "dim": dim, "model_fingerprint": fingerprint}
+               "key": KEY_ALGORITHM, "dim": dim,
+               "model_fingerprint": fingerprint or namespace, "namespace": settings}
         _write_json(join(store_root, FORMAT_FILE), fmt)
     gen_dir = join(store_root, name)
     record = {
@@ -411,10 +461,13 @@ class StoreSpec:
     write_generation: str
     lookup: str = "side-input"  # "side-input" | "keyed-join"
     buckets: int = 1  # keyed join: buckets of keys
+    namespace: str = ""  # URI/<namespace>, where the run writes; "" (older): the fingerprint
+    settings: dict | None = None  # `namespace_settings`
+    format1_read: str | None = None  # the format-1 URI/<fingerprint> also read, if any
 
     @property
     def root(self) -> str:
-        return root(self.uri, self.fingerprint)
+        return root(self.uri, self.namespace or self.fingerprint)
 
     @property
     def write_dir(self) -> str:
@@ -434,10 +487,16 @@ def entry_bytes(dim: int) -> int:
 
 
 def open_for_run(uri: str, fingerprint: str, dim: int, run_id: str,
-                 side_input_max_bytes: int, dry_run: bool = False) -> StoreSpec:
-    """The launch-time checks and plan: the store is writable, of this format version,
-    and its committed generations pinned; side-input lookup while their entries fit in
-    `side_input_max_bytes`, else a keyed join over `ENTRIES_PER_BUCKET`-entry buckets."""
+                 side_input_max_bytes: int, dry_run: bool = False, meta: dict | None = None,
+                 model_dir: str | None = None) -> StoreSpec:
+    """The launch-time checks and plan: the store is writable, of a version this reads,
+    and its namespace's committed generations pinned (`namespace_settings` of the model's
+    `meta`); side-input lookup while their entries fit in `side_input_max_bytes`, else a
+    keyed join over `ENTRIES_PER_BUCKET`-entry buckets.
+
+    A format-1 URI/<fingerprint> (written before namespaces) is read too, as the same
+    namespace's, when the model's pairscore.json settings are those its files were exported
+    with (`exported_differences`); else it is not read, with a warning saying why."""
     if not fingerprint or fingerprint == "dry-run":
         if not dry_run:
             raise StoreError(f"--embedding-store {uri}: the model has no fingerprint, so "
@@ -446,15 +505,39 @@ def open_for_run(uri: str, fingerprint: str, dim: int, run_id: str,
     if not dim and not dry_run:
         raise StoreError(f"--embedding-store {uri}: the model's pairscore.json has no "
                          "embedding_dim")
-    generations = []
+    settings = namespace_settings(fingerprint, meta or {})
+    namespace = namespace_of(settings)
+    generations, format1 = [], None
     if not dry_run:
         check_writable(uri)
-        listing = list_generations(root(uri, fingerprint))
+        listing = list_generations(root(uri, namespace))
         if listing.format is not None and int(listing.format.get("dim", dim)) != dim:
             raise StoreError(f"embedding store {listing.root} holds {listing.format['dim']}-"
                              f"wide embeddings; the model's are {dim}-wide")
         generations = listing.live
-    spec = StoreSpec(uri, fingerprint, dim, generations, generation_name(run_id))
+        legacy = root(uri, fingerprint)
+        old = read_format(legacy) if FileSystems.exists(join(legacy, FORMAT_FILE)) else None
+        if old is not None and int(old.get("format_version", 0)) == 1:
+            differ = exported_differences(model_dir, meta or {}) if model_dir else [
+                "no model directory to check"]
+            if differ:
+                log.warning(
+                    "embedding store: format-1 namespace %s (written before the store was "
+                    "keyed by max_length, the tokenizer settings and the numerics) not read: "
+                    "this model's pairscore.json differs from its export (%s), so its "
+                    "embeddings may not be this model's; texts are encoded again into %s",
+                    legacy, "; ".join(differ), root(uri, namespace))
+            elif int(old.get("dim", dim)) == dim:
+                extra = list_generations(legacy).live
+                generations = generations + extra
+                format1 = legacy
+                log.info(
+                    "embedding store: reading format-1 namespace %s too (%d generations; its "
+                    "settings were not recorded: this model's pairscore.json is as exported, "
+                    "as runs wrote it unless it was edited); new embeddings go to %s",
+                    legacy, len(extra), root(uri, namespace))
+    spec = StoreSpec(uri, fingerprint, dim, generations, generation_name(run_id),
+                     namespace=namespace, settings=settings, format1_read=format1)
     if spec.entries * entry_bytes(dim) > side_input_max_bytes:
         spec.lookup = "keyed-join"
         spec.buckets = max(1, math.ceil(spec.entries / ENTRIES_PER_BUCKET))
@@ -472,6 +555,9 @@ def summary_field(spec: StoreSpec | None, files: list[dict], stats: dict | None)
     return {
         "uri": spec.uri,
         "fingerprint": spec.fingerprint,
+        "namespace": spec.namespace or spec.fingerprint,
+        "numerics": NUMERICS,
+        "format1_read": spec.format1_read,
         "format_version": FORMAT_VERSION,
         "key": KEY_ALGORITHM,
         "lookup": spec.lookup,
@@ -489,8 +575,9 @@ def commit_run(spec: StoreSpec, files: list[dict]) -> dict | None:
     """The final step's part: commit the run's generation (nothing when it wrote none)."""
     if not files:
         return None
-    record = commit_generation(spec.uri, spec.fingerprint, spec.write_generation, files,
-                               spec.dim)
+    record = commit_generation(spec.uri, spec.namespace or spec.fingerprint,
+                               spec.write_generation, files, spec.dim,
+                               fingerprint=spec.fingerprint, settings=spec.settings)
     log.info("embedding store: committed %s (%d entries)", spec.write_dir, record["entries"])
     return record
 
@@ -624,7 +711,9 @@ def compact(uri: str, fingerprint: str, stale_after_s: float = STALE_GENERATION_
     listing = list_generations(store_root, strict=True)
     dim = int((listing.format or {}).get("dim", 0))
     version = int((listing.format or {}).get("format_version", FORMAT_VERSION))
-    report = {"fingerprint": fingerprint, "generations_merged": 0, "entries": 0,
+    report = {"namespace": fingerprint,
+              "fingerprint": (listing.format or {}).get("model_fingerprint", fingerprint),
+              "generations_merged": 0, "entries": 0,
               "duplicates_dropped": 0, "files_set_aside": [], "generation_written": None,
               "generations_deleted": 0}
     if len(listing.live) > 1 or (listing.live and len(listing.live[0].files) > 1):
@@ -709,8 +798,11 @@ def info(uri: str) -> list[dict]:
     out = []
     for fp in fingerprints(uri):
         listing = list_generations(root(uri, fp))
+        fmt = listing.format or {}
         out.append({
-            "fingerprint": fp,
+            "fingerprint": fmt.get("model_fingerprint", fp),
+            "namespace": fp,
+            "settings": fmt.get("namespace"),
             "format_version": (listing.format or {}).get("format_version"),
             "dim": (listing.format or {}).get("dim"),
             "entries": listing.entries,

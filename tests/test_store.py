@@ -161,7 +161,8 @@ def test_readers_see_committed_generations_only_and_compaction_is_atomic(tmp_pat
     report = store.compact(uri, fp, stale_after_s=-1)  # now the dead run is removed
     assert report["generations_deleted"] == 1 and not os.path.exists(dead)
     [row] = store.info(uri)
-    assert row == {"fingerprint": fp, "format_version": 1, "dim": DIM, "entries": 70,
+    assert row == {"fingerprint": fp, "namespace": fp, "settings": None,
+                   "format_version": store.FORMAT_VERSION, "dim": DIM, "entries": 70,
                    "generations": 1, "files": 1, "bytes": after.bytes,
                    "superseded_generations": 0, "uncommitted_generations": 0, "set_aside": []}
 
@@ -171,11 +172,11 @@ def test_another_format_version_is_refused(tmp_path, bilstm_model, capsys):
     _generation(uri, fp, "gen-1", ["x", "y"])
     fmt = f"{store.root(uri, fp)}/_FORMAT.json"
     record = json.load(open(fmt))
-    json.dump({**record, "format_version": 2}, open(fmt, "w"))
-    with pytest.raises(store.StoreError, match="format version 2"):
+    json.dump({**record, "format_version": 3}, open(fmt, "w"))
+    with pytest.raises(store.StoreError, match="format version 3"):
         store.list_generations(store.root(uri, fp))
     assert cli.main(["store", "compact", uri]) == 2
-    assert "format version 2; this pairscore reads and writes version 1" in (
+    assert "format version 3; this pairscore reads format versions 1 and 2 only" in (
         capsys.readouterr().err)
     # The job refuses it at launch, before any work.
     src = tmp_path / "p.parquet"
@@ -183,11 +184,11 @@ def test_another_format_version_is_refused(tmp_path, bilstm_model, capsys):
     fp_model = json.load(open(f"{bilstm_model}/pairscore.json"))["fingerprint"]
     mstore = str(tmp_path / "mstore")
     os.makedirs(store.root(mstore, fp_model))
-    json.dump({"format_version": 2}, open(f"{store.root(mstore, fp_model)}/_FORMAT.json", "w"))
+    json.dump({"format_version": 3}, open(f"{store.root(mstore, fp_model)}/_FORMAT.json", "w"))
     out = tmp_path / "out"
     assert cli.main(["score", "--input", str(src), "--output", str(out), "--model",
                      bilstm_model, "--embedding-store", mstore]) == 2
-    assert "format version 2" in capsys.readouterr().err
+    assert "format version 3" in capsys.readouterr().err
     assert not (out / "summary.json").exists()
 
 
@@ -315,7 +316,7 @@ def test_a_corrupt_store_file_is_encoded_again_never_a_wrong_score(tmp_path, bil
     assert s["status"] == "published"
     np.testing.assert_allclose(warm["score"].to_numpy(), cold["score"].to_numpy(), atol=1e-5)
     # The re-encoded texts are in the new generation: the next run will find them.
-    listing = store.list_generations(store.root(uri, s["model_fingerprint"]))
+    listing = store.list_generations(store.root(uri, s["store"]["namespace"]))
     assert len(_read_all(listing, _dim(bilstm_model))) == len(_distinct(rows))
 
 
@@ -330,7 +331,7 @@ def test_two_runs_writing_at_once_both_commit(tmp_path, bilstm_model):
         summaries = [r.result()[0] for r in runs]
     written = {s["store"]["generation_written"] for s in summaries}
     assert len(written) == 2 and None not in written
-    listing = store.list_generations(store.root(uri, summaries[0]["model_fingerprint"]))
+    listing = store.list_generations(store.root(uri, summaries[0]["store"]["namespace"]))
     assert {g.name for g in listing.live} == written
     # Neither lost the other's: the store holds every text of both.
     entries = _read_all(listing, _dim(bilstm_model))
@@ -389,13 +390,13 @@ def test_store_in_a_bucket(where, request, tmp_path, bilstm_model, monkeypatch, 
     assert s1["store"]["texts_encoded"] == len(_distinct(rows)) == s2["store"]["texts_found"]
     assert s2["store"]["texts_encoded"] == 0
     np.testing.assert_allclose(warm["score"].to_numpy(), cold["score"].to_numpy(), atol=1e-5)
-    fp = s1["model_fingerprint"]
+    fp = s1["store"]["namespace"]
     keys = bucket.keys(f"store-{where}/{fp}/")
     assert f"store-{where}/{fp}/_FORMAT.json" in keys
     assert sum(k.endswith("/_COMMITTED.json") for k in keys) == 1
     assert cli.main(["store", "info", uri, "--json", *bucket.flags()]) == 0
     [row] = json.loads(capsys.readouterr().out)
-    assert (row["fingerprint"], row["entries"], row["generations"]) == (
+    assert (row["namespace"], row["entries"], row["generations"]) == (
         fp, len(_distinct(rows)), 1)
 
 
@@ -409,7 +410,7 @@ def test_a_gated_night_commits_its_generation_only_when_accepted(tmp_path, bilst
     assert cli.main([*args, "--max-reject-rate", "0"]) == 3  # one reject: gated
     summary = json.loads((out / "summary.json").read_text())
     generation = summary["store"]["generation_written"]
-    root = store.root(uri, summary["model_fingerprint"])
+    root = store.root(uri, summary["store"]["namespace"])
     # Written, not committed: tonight's embeddings are not read by later nights yet.
     listing = store.list_generations(root)
     assert listing.live == [] and any(d.endswith(generation) for d in listing.uncommitted)
@@ -583,3 +584,101 @@ def test_accepting_a_gated_night_whose_store_files_compaction_removed(tmp_path,
         s, _ = _score(tmp_path / "n.parquet", tmp_path / "o2", bilstm_model,
                       "--embedding-store", uri)
     assert s["store"]["files_skipped"] == 0 and "skipping" not in caplog.text
+
+
+# --- the namespace: everything that shapes an embedding (issue 19, item 5) ---------------
+
+
+def _with_settings(model, where, **changes):
+    """A copy of `model` whose pairscore.json says otherwise (same files: same fingerprint)."""
+    import shutil
+
+    shutil.copytree(model, where)
+    meta = json.load(open(f"{where}/pairscore.json"))
+    meta.update(changes)
+    json.dump(meta, open(f"{where}/pairscore.json", "w"))
+    return str(where)
+
+
+def test_a_model_whose_max_length_changed_does_not_reuse_its_embeddings(tmp_path,
+                                                                        bilstm_model):
+    rows = _pairs(TEXTS, 30, 9)
+    src = tmp_path / "p.parquet"
+    write_pairs(src, rows)
+    uri = str(tmp_path / "store")
+    s1, _ = _score(src, tmp_path / "o1", bilstm_model, "--embedding-store", uri)
+    short = _with_settings(bilstm_model, tmp_path / "short", max_length=6)
+    s2, got = _score(src, tmp_path / "o2", short, "--embedding-store", uri)
+    assert s2["model_fingerprint"] == s1["model_fingerprint"]  # pairscore.json is not in it
+    assert s2["store"]["namespace"] != s1["store"]["namespace"]
+    assert s2["store"]["texts_found"] == 0  # made at the old length: not reused
+    assert s2["store"]["texts_encoded"] == len(_distinct(rows))
+    _, cold = _score(src, tmp_path / "cold", short, "--mode", "unique")
+    np.testing.assert_allclose(got["score"].to_numpy(), cold["score"].to_numpy(), atol=1e-6)
+    # The same settings again find their own namespace.
+    s3_, _ = _score(src, tmp_path / "o3", short, "--embedding-store", uri)
+    assert s3_["store"]["texts_found"] == len(_distinct(rows))
+    fmt = json.load(open(f"{uri}/{s3_['store']['namespace']}/_FORMAT.json"))
+    assert fmt["format_version"] == 2 and fmt["namespace"]["max_length"] == 6
+    assert fmt["namespace"]["numerics"] == "float32"
+    assert {r["namespace"] for r in store.info(uri)} == {s1["store"]["namespace"],
+                                                         s2["store"]["namespace"]}
+
+
+def test_with_a_store_the_encoding_worker_turns_tf32_off(tmp_path, bilstm_model):
+    import tensorflow as tf
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.handler import EncodeHandler
+    from pipeline.options import ScoreOptions
+    from pipeline.stages.score import handler_for
+
+    def config(argv):
+        return job.resolve(PipelineOptions(argv).view_as(ScoreOptions), dry_run=False)
+
+    src = tmp_path / "p.parquet"
+    write_pairs(src, PAIRS[:3])
+    argv = ["--input", str(src), "--output", str(tmp_path / "o"), "--model", bilstm_model]
+    was = tf.config.experimental.tensor_float_32_execution_enabled()
+    try:
+        tf.config.experimental.enable_tensor_float_32_execution(True)
+        ids = np.array([[2, 3, 4]], np.int32)
+        handler_for(EncodeHandler, config(argv)).load_model().encode(ids)
+        assert tf.config.experimental.tensor_float_32_execution_enabled()  # no store: TF's
+        cfg = config([*argv, "--embedding-store", str(tmp_path / "s")])
+        handler_for(EncodeHandler, cfg).load_model().encode(ids)
+        assert not tf.config.experimental.tensor_float_32_execution_enabled()
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(was)
+
+
+def test_a_format_1_namespace_is_read_by_the_same_model_with_the_same_settings(
+        tmp_path, bilstm_model, caplog):
+    rows = _pairs(TEXTS, 30, 10)
+    src = tmp_path / "p.parquet"
+    write_pairs(src, rows)
+    # What pairscore wrote before namespaces, URI/<fingerprint>/ in format 1: made here
+    # from a run's own namespace, moved there and its markers rewritten as version 1.
+    import shutil
+
+    first, _ = _score(src, tmp_path / "o0", bilstm_model, "--embedding-store",
+                      str(tmp_path / "new"))
+    fp, texts = first["model_fingerprint"], _distinct(rows)
+    uri = str(tmp_path / "store")
+    legacy = store.root(uri, fp)
+    shutil.copytree(f"{tmp_path}/new/{first['store']['namespace']}", legacy)
+    for marker in glob.glob(f"{legacy}/*.json") + glob.glob(f"{legacy}/gen-*/*.json"):
+        record = json.load(open(marker))
+        record["format_version"] = 1
+        record.pop("namespace", None)
+        json.dump(record, open(marker, "w"))
+    with caplog.at_level(logging.INFO, "pairscore.store"):
+        s, _ = _score(src, tmp_path / "o1", bilstm_model, "--embedding-store", uri)
+    assert s["store"]["texts_found"] == len(texts) and s["store"]["format1_read"] == legacy
+    assert f"format-1 namespace {legacy}" in caplog.text
+    caplog.clear()
+    edited = _with_settings(bilstm_model, tmp_path / "edited", max_length=6)
+    with caplog.at_level(logging.WARNING, "pairscore.store"):
+        s, _ = _score(src, tmp_path / "o2", edited, "--embedding-store", uri)
+    assert s["store"]["texts_found"] == 0 and s["store"]["format1_read"] is None
+    assert legacy in caplog.text and "not read" in caplog.text and "max_length" in caplog.text
