@@ -129,7 +129,7 @@ def _delete_tree(path: str) -> None:
 
 def summary_of(cfg, tally: Tally, duplicates: int, distinct_ids: int,
                scores: dict | None = None) -> dict:
-    """summary.json's fields (the README lists them)."""
+    """summary.json's fields (docs/scoring.md lists them)."""
     elapsed = max(time.time() - cfg.launched_at, 0.0)
     model_errors = tally.by_reason.get(MODEL_ERROR, 0)
     return {

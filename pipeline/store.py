@@ -5,14 +5,17 @@ shared across runs so that a night encodes only the texts it has not seen before
     pairscore store info gs://bucket/embeddings
     pairscore store compact gs://bucket/embeddings [--model-fingerprint F]
 
-Layout (format version 1; the README documents it for other tools)::
+Layout (format version 2; docs/store.md documents it for other tools)::
 
-    URI/<model fingerprint>/_FORMAT.json            {"format_version": 1, "dim": D, ...}
-    URI/<model fingerprint>/gen-<id>/part-*.parquet key: fixed_size_binary(16),
-                                                    embedding: fixed_size_list<float32>[D]
-    URI/<model fingerprint>/gen-<id>/_COMMITTED.json written last: the generation's files
-                                                    (name, rows, bytes), entries, and the
-                                                    generations it supersedes (compaction)
+    URI/<namespace>/_FORMAT.json            {"format_version": 2, "dim": D, "namespace": ...}
+    URI/<namespace>/gen-<id>/part-*.parquet key: fixed_size_binary(16),
+                                            embedding: fixed_size_list<float32>[D]
+    URI/<namespace>/gen-<id>/_COMMITTED.json written last: the generation's files
+                                            (name, rows, bytes), entries, and the
+                                            generations it supersedes (compaction)
+
+A namespace is `<model fingerprint>-<hash of max_length, tokenizer settings, numerics>`:
+everything that shapes an embedding. Format 1 (`URI/<model fingerprint>/`) stays readable.
 
 The key is the first 16 bytes of SHA-256 of the text's exact UTF-8 bytes. Generations are
 append-only; a generation without `_COMMITTED.json` (a run in progress, or one that died)
@@ -22,7 +25,7 @@ file's size, Parquet page checksums and schema: a file that fails is skipped wit
 warning naming it, and its texts are simply encoded again.
 
 Plain functions here (tested without Beam in tests/test_store.py); the Beam stages that
-use them (`LookupStore`, `WriteStore`) are in `pipeline.stages`.
+use them (`LookupStore`, `WriteStore`) are in `pipeline.stages.store`.
 """
 
 from __future__ import annotations

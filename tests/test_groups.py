@@ -72,7 +72,7 @@ def test_self_pairs_repeats_and_reversed_pairs():
 
 
 def test_a_group_id_is_tonights_smallest_record_id():
-    """The rule the README states: a group's id is the smallest record id among its
+    """The rule docs/nightly.md states: a group's id is the smallest record id among its
     records tonight. A group gaining a larger id keeps its id; one gaining a smaller id
     takes it (ids that last across nights are not promised)."""
     night1 = groups.connected_groups(pa.array([5, 7]), pa.array([7, 9]))
