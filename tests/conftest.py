@@ -70,3 +70,20 @@ def write_pairs(path, rows, row_group_size=None, **extra_columns):
     table = pa.table(cols)
     pq.write_table(table, str(path), row_group_size=row_group_size)
     return table
+
+
+def unloadable_model(model_dir, dest):
+    """A copy of `model_dir` at `dest` whose every file the checks look for is there and
+    whose manifest agrees with them (as if the export itself had gone wrong), but whose
+    graph TensorFlow cannot parse. Returns `dest`."""
+    import json
+    import shutil
+
+    from model.modeldir import build_manifest
+
+    shutil.copytree(model_dir, dest)
+    (dest / "saved_model.pb").write_bytes(b"\x08\x01garbage, not a SavedModel proto")
+    meta = json.loads((dest / "pairscore.json").read_text())
+    meta["manifest"], _ = build_manifest(str(dest))
+    (dest / "pairscore.json").write_text(json.dumps(meta))
+    return dest

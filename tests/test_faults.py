@@ -6,7 +6,6 @@ must give exactly one row per input id.
 import collections
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,13 +18,12 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from model.modeldir import build_manifest
 from pipeline import cli, handler, job, publish
 from pipeline import io as pio
 from pipeline.io import JobError
 from pipeline.packing import PackedBatch
 from pipeline.sample import sample_table
-from tests.conftest import PAIRS, REPO, write_pairs
+from tests.conftest import PAIRS, REPO, unloadable_model, write_pairs
 
 
 def _ids(out):
@@ -286,14 +284,7 @@ def test_only_transient_tensorflow_errors_are_retried():
 
 
 def test_a_crash_in_model_loading_gives_a_clear_error(tmp_path, bilstm_model, capsys):
-    model = tmp_path / "model"
-    shutil.copytree(bilstm_model, model)
-    # Every file the checks look for is there, and the manifest agrees with them (as if
-    # the export itself had gone wrong); TensorFlow cannot parse the graph.
-    (model / "saved_model.pb").write_bytes(b"\x08\x01garbage, not a SavedModel proto")
-    meta = json.loads((model / "pairscore.json").read_text())
-    meta["manifest"], _ = build_manifest(str(model))
-    (model / "pairscore.json").write_text(json.dumps(meta))
+    model = unloadable_model(bilstm_model, tmp_path / "model")
     src, out = tmp_path / "pairs.parquet", tmp_path / "out"
     write_pairs(src, PAIRS)
     capsys.readouterr()

@@ -4,17 +4,14 @@ the model's variables, `model.head`), and scores as the cold night did; a model 
 cannot load still fails the night, at the first batch that needs it."""
 
 import glob
-import json
-import shutil
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from model.modeldir import build_manifest
 from pipeline import cli, job
-from tests.conftest import write_pairs
+from tests.conftest import unloadable_model, write_pairs
 from tests.tiny import TEXTS as TINY_TEXTS
 
 TEXTS = [*TINY_TEXTS, "Café crème brûlée", "东京 is in 日本", "Is 2+2=4? 😀", "learn python",
@@ -81,12 +78,7 @@ def test_a_model_that_cannot_load_fails_a_unique_night_at_its_first_batch(
         tmp_path, bilstm_model, capsys):
     # The head reads fine from the variables; the graph TensorFlow needs to encode is
     # broken (the manifest agrees, as if the export itself had gone wrong).
-    model = tmp_path / "model"
-    shutil.copytree(bilstm_model, model)
-    (model / "saved_model.pb").write_bytes(b"\x08\x01garbage, not a SavedModel proto")
-    meta = json.loads((model / "pairscore.json").read_text())
-    meta["manifest"], _ = build_manifest(str(model))
-    (model / "pairscore.json").write_text(json.dumps(meta))
+    model = unloadable_model(bilstm_model, tmp_path / "model")
     src, out = tmp_path / "pairs.parquet", tmp_path / "out"
     write_pairs(src, _pairs(20))
     capsys.readouterr()
