@@ -24,6 +24,8 @@ setup(
         # The run report (OUT/report.html, pipeline/report.py) is drawn by the job's final
         # step on every run, on workers whose image installs `pip install .` (no extras).
         "matplotlib>=3.8,<4",
+        # The review page (pairscore review, pipeline/review.py).
+        "flask>=3.0,<4",
     ],
     extras_require={
         "test": [
@@ -33,6 +35,9 @@ setup(
             "gcp-storage-emulator>=2024.8,<2027",
             "moto[server]>=5.1,<6",
             "ruff>=0.6",
+            # The review page's browser test drives Debian's Chromium (make browser); no
+            # `playwright install`, nothing downloaded at run time.
+            "playwright>=1.50,<2",
         ],
         # Kept for `pip install ".[report]"` (Makefile, docs): matplotlib is a base
         # requirement now, so the extra adds nothing.

@@ -5,6 +5,7 @@
     pairscore store info URI;  pairscore store compact URI [--model-fingerprint F]
     pairscore score --input 'data/*.parquet' --output out/ --model models/default
     pairscore publish out/ --accept        (a run a gate held back, once looked at)
+    pairscore review out/ --labels labels/ (label the night's sample in a local page)
     pairscore train --train pairs.parquet --encoder bilstm --distance l1 --output models/m
     pairscore evaluate --model models/m --data dev.parquet
     pairscore threshold --model models/m --labelled dev.parquet --target-precision 0.95 \\
@@ -301,12 +302,57 @@ def _store(argv: list[str]) -> int:
     return 0
 
 
+def review_parser() -> argparse.ArgumentParser:
+    p = _parser("pairscore review",
+                "Serve the review page: label the night's sample (OUT/sample/) in a local "
+                "browser page, keys y / n / u (duplicate, not, unsure) and b (back). Each "
+                "label is saved to the labels dataset as it is made. Another labeller: "
+                "open the page at /?labeller=NAME, or run a second server on another "
+                "--port. docs/people.md explains the page.")
+    p.add_argument("output", help="the scored run's output directory, with its sample/ "
+                   "(local, gs://, s3://)")
+    p.add_argument("--labels", required=True, metavar="URI",
+                   help="the labels dataset to save to and resume from (a directory or "
+                   "bucket prefix; created if missing)")
+    p.add_argument("--labeller", default=None, metavar="NAME",
+                   help="who labels (letters, digits, . _ -; default: the OS user)")
+    p.add_argument("--blind", action="store_true",
+                   help="hide the model's score (and stratum) from the page")
+    p.add_argument("--port", type=int, default=8765, help="the port to serve on")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the address to bind (this machine only by default)")
+    return p
+
+
+def _review(argv: list[str]) -> int:
+    args = review_parser().parse_args(argv)
+    from pipeline import review
+    from pipeline.io import JobError
+
+    try:
+        app = review.create_app(args.output, args.labels, args.labeller, args.blind)
+    except (JobError, ValueError) as e:
+        print(f"pairscore review: error: {e}", file=sys.stderr)
+        return 2
+    # Werkzeug's own request lines stay out of the way of the URL printed here.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"review page for {args.output}: http://{host}:{args.port}/ (Ctrl-C stops it; "
+          f"labels saved to {args.labels})", flush=True)
+    try:
+        app.run(host=args.host, port=args.port, threaded=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 COMMANDS = {
     **model_cli.COMMANDS,
     "score": _score,
     "publish": _publish,
     "sample": _sample,
     "store": _store,
+    "review": _review,
 }
 # The parser behind each command's --help (tests/test_help.py: one per command).
 PARSERS = {
@@ -318,6 +364,7 @@ PARSERS = {
     "publish": publish_parser,
     "sample": sample_parser,
     "store": store_parser,
+    "review": review_parser,
 }
 # `pairscore --help`, one line each (without building the parsers: train's loads Keras).
 SUMMARIES = {
@@ -326,6 +373,7 @@ SUMMARIES = {
     "sample": "write a sample candidate-pairs Parquet file",
     "default-model": "export the built-in pretrained MiniLM model",
     "store": "inspect (info) or compact an embedding store",
+    "review": "serve the review page: label the night's sample by keyboard",
     "train": "train a Siamese model",
     "evaluate": "evaluate models on labelled pairs; optionally write a report",
     "threshold": "choose a model's threshold for a target precision or recall",
