@@ -3,6 +3,7 @@
     pairscore default-model --output models/default
     pairscore sample --output data/sample.parquet --pairs 1000
     pairscore store info URI;  pairscore store compact URI [--model-fingerprint F]
+    pairscore labels import training.json --to labels/ --format dedupe;  pairscore labels info L
     pairscore score --input 'data/*.parquet' --output out/ --model models/default
     pairscore publish out/ --accept        (a run a gate held back, once looked at)
     pairscore review out/ --labels labels/ (label the night's sample in a local page)
@@ -346,12 +347,148 @@ def _review(argv: list[str]) -> int:
     return 0
 
 
+def labels_parser() -> argparse.ArgumentParser:
+    p = _parser("pairscore labels",
+                "Work with a labels dataset (a directory or bucket prefix of Parquet files, "
+                "docs/people.md \"Labels as data\"): import dedupe's or Splink's labels, "
+                "export a CSV, or summarise it. Beam's storage flags (--s3_endpoint_url, ...) "
+                "are accepted too.")
+    p.error = lambda message: p.exit(2, f"pairscore labels: error: {message}\n")
+    sub = p.add_subparsers(dest="action", required=True, metavar="{import,export,info}",
+                           help="what to do (pairscore labels ACTION --help: its flags)")
+    imp = sub.add_parser("import", help="convert dedupe's training JSON or a Splink labels "
+                         "table into one new file of the dataset", formatter_class=HelpFormatter)
+    imp.add_argument("source", help="the file to convert: dedupe's training JSON, or a Splink "
+                     "labels table (.parquet or .csv)")
+    imp.add_argument("--to", required=True, metavar="URI",
+                     help="the labels dataset to add to (local, gs://, s3://; created if "
+                     "missing)")
+    imp.add_argument("--format", required=True, choices=["dedupe", "splink"],
+                     help="the source's format")
+    imp.add_argument("--labeller", default=None, metavar="NAME",
+                     help="who labelled (default: Splink's labeller column, else the OS user)")
+    imp.add_argument("--run-id", "--run_id", dest="run_id", default=None, metavar="R",
+                     help="the run_id to record (default: null)")
+    imp.add_argument("--text-field", "--text_field", dest="text_field", default=None,
+                     metavar="FIELD", help="dedupe: the record field holding the text "
+                     "(default: the records' only string field)")
+    imp.add_argument("--pair-id-field", "--pair_id_field", dest="pair_id_field", default=None,
+                     metavar="NAME", help="dedupe: a record id field (pair_id becomes "
+                     "'<id of a>|<id of b>'; default: a hash of the two texts); splink: the "
+                     "column holding pair_id (default: '<unique_id_l>|<unique_id_r>')")
+    imp.add_argument("--text-column-l", "--text_column_l", dest="text_column_l",
+                     default="text_l", metavar="COLUMN",
+                     help="splink: the column of the left record's text")
+    imp.add_argument("--text-column-r", "--text_column_r", dest="text_column_r",
+                     default="text_r", metavar="COLUMN",
+                     help="splink: the column of the right record's text")
+    exp = sub.add_parser("export", help="write every row (or one row per pair, resolved) as "
+                         "CSV", formatter_class=HelpFormatter)
+    exp.add_argument("uri", help="the labels dataset (local, gs://, s3://)")
+    exp.add_argument("--output", required=True, metavar="FILE.csv",
+                     help="the CSV file to write (local, gs://, s3://)")
+    exp.add_argument("--resolved", action="store_true",
+                     help="one row per pair: the labellers' latest labels resolved, with "
+                     "n_labellers (label empty when they disagree or are all unsure)")
+    info = sub.add_parser("info", help="rows, pairs, labellers, labels and disagreements",
+                          formatter_class=HelpFormatter)
+    info.add_argument("uri", help="the labels dataset (local, gs://, s3://)")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    for sp in (imp, exp, info):
+        sp.error = lambda message, sp=sp: sp.exit(2, f"{sp.prog}: error: {message}\n")
+    return p
+
+
+def _labels_import(args) -> str:
+    import getpass
+    import json
+
+    from pipeline import labels
+
+    if args.format == "dedupe":
+        with labels.storage.filesystems().open(args.source,
+                                               compression_type="uncompressed") as f:
+            raw = f.read()
+        try:
+            training = json.loads(raw)
+        except ValueError as e:
+            raise ValueError(f"{args.source} is not JSON: {e}") from None
+        table = labels.from_dedupe(training, args.labeller or getpass.getuser(),
+                                   args.text_field, args.pair_id_field, args.run_id,
+                                   where=args.source)
+    else:
+        table = labels.from_splink(labels.read_table_file(args.source), args.labeller,
+                                   args.text_column_l, args.text_column_r, args.pair_id_field,
+                                   args.run_id, where=args.source)
+    if not table.num_rows:
+        raise ValueError(f"{args.source} holds no labelled pairs")
+    path = labels.save_labels(args.to, table)
+    counts = table.column("label").to_pylist()
+    return (f"imported {table.num_rows} labels ({counts.count(1)} duplicate, {counts.count(0)} "
+            f"not, {counts.count(None)} unsure) from {args.source} into {path}")
+
+
+def _labels_info_text(uri: str, got: dict) -> str:
+    lines = [f"{uri}: {got['rows']} rows, {got['pairs']} pairs, "
+             f"{len(got['labellers'])} labellers"]
+    for name, c in got["labellers"].items():
+        lines.append(f"  {name}: {c['pairs']} pairs ({c['duplicate']} duplicate, "
+                     f"{c['not_duplicate']} not, {c['unsure']} unsure)")
+    r = got["resolved"]
+    lines.append(f"resolved pairs: {r['duplicate']} duplicate, {r['not_duplicate']} not, "
+                 f"{r['unsure']} unsure, {r['disagreed']} disagreed")
+    d = got["disagreements"]
+    lines.append(f"disagreements: {d['count']}")
+    for row in d["first"]:
+        said = ", ".join(f"{who}={'unsure' if lab is None else lab}"
+                         for who, lab in zip(row["labellers"], row["labels"]))
+        lines.append(f"  {row['pair_id']}: {said}")
+    if d["count"] > len(d["first"]):
+        lines.append(f"  ... and {d['count'] - len(d['first'])} more (pairscore labels "
+                     "export URI --resolved --output F.csv: every pair)")
+    return "\n".join(lines)
+
+
+def _labels(argv: list[str]) -> int:
+    args, beam_flags = labels_parser().parse_known_args(argv)
+    import json
+
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import labels
+    from pipeline.io import JobError
+    from pipeline.options import check_known_flags
+
+    prog = f"pairscore labels {args.action}"
+    try:
+        check_known_flags(beam_flags)
+        FileSystems.set_options(PipelineOptions(beam_flags))
+        if args.action == "import":
+            print(_labels_import(args))
+        elif args.action == "export":
+            table = labels.read_labels(args.uri)
+            if args.resolved:
+                table = labels.resolve(table)[0]
+            labels.write_csv(args.output, table)
+            print(f"wrote {table.num_rows} {'pairs' if args.resolved else 'rows'} to "
+                  f"{args.output}")
+        else:
+            got = labels.info(labels.read_labels(args.uri))
+            print(json.dumps(got, indent=2) if args.json else _labels_info_text(args.uri, got))
+    except (JobError, ValueError, OSError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 COMMANDS = {
     **model_cli.COMMANDS,
     "score": _score,
     "publish": _publish,
     "sample": _sample,
     "store": _store,
+    "labels": _labels,
     "review": _review,
 }
 # The parser behind each command's --help (tests/test_help.py: one per command).
@@ -364,6 +501,7 @@ PARSERS = {
     "publish": publish_parser,
     "sample": sample_parser,
     "store": store_parser,
+    "labels": labels_parser,
     "review": review_parser,
 }
 # `pairscore --help`, one line each (without building the parsers: train's loads Keras).
@@ -373,6 +511,7 @@ SUMMARIES = {
     "sample": "write a sample candidate-pairs Parquet file",
     "default-model": "export the built-in pretrained MiniLM model",
     "store": "inspect (info) or compact an embedding store",
+    "labels": "import (dedupe, Splink), export (CSV) or summarise a labels dataset",
     "review": "serve the review page: label the night's sample by keyboard",
     "train": "train a Siamese model",
     "evaluate": "evaluate models on labelled pairs; optionally write a report",

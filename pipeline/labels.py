@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import hashlib
 import io
 import os
 import re
@@ -23,6 +24,7 @@ import uuid
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from model import storage
@@ -283,3 +285,187 @@ DISAGREEMENT_SCHEMA = pa.schema([
     pa.field("labels", pa.list_(pa.int8())),
     pa.field("labellers", pa.list_(pa.string())),
 ])
+
+
+# --- other tools' labels, CSV, a summary ---------------------------------------------------
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def text_pair_id(text_a: str, text_b: str) -> str:
+    """A stable id for a pair of texts without ids of their own: the first 16 hex digits
+    of sha256 of the two texts, in sorted order (so (a, b) and (b, a) are one pair),
+    joined by a unit separator."""
+    low, high = sorted((text_a, text_b))
+    return hashlib.sha256(f"{low}\x1f{high}".encode()).hexdigest()[:16]
+
+
+def _plain(value):
+    # dedupe's serializer writes tuples and frozensets as {"__class__": ..., "__value__": ...}.
+    if isinstance(value, dict) and "__value__" in value:
+        return value["__value__"]
+    return value
+
+
+def from_dedupe(training: dict, labeller: str, text_field: str | None = None,
+                pair_id_field: str | None = None, run_id: str | None = None,
+                where: str = "dedupe training") -> pa.Table:
+    """A labels table from dedupe's training data ({"match": [[record_a, record_b], ...],
+    "distinct": [...]}, each record a dict of fields): match is 1, distinct 0. The texts
+    are `text_field` (default: the records' only string field); pair_id is
+    "<a's pair_id_field>|<b's>" when `pair_id_field` is given, else `text_pair_id`."""
+    if not isinstance(training, dict) or not {"match", "distinct"} & set(training):
+        raise ValueError(f"{where}: not dedupe training data (a JSON object with "
+                         "\"match\" and \"distinct\" lists of record pairs)")
+    pairs = []
+    for key, label in (("match", 1), ("distinct", 0)):
+        for i, pair in enumerate(_plain(training.get(key, []))):
+            pair = _plain(pair)
+            if not (isinstance(pair, list) and len(pair) == 2
+                    and all(isinstance(_plain(r), dict) for r in pair)):
+                raise ValueError(f"{where}: {key}[{i}] is not a pair of records "
+                                 "(two objects of fields)")
+            pairs.append((key, i, [_plain(r) for r in pair], label))
+    if text_field is None and pairs:
+        names = sorted({k for _, _, recs, _ in pairs for r in recs for k, v in r.items()
+                        if isinstance(_plain(v), str)})
+        if len(names) != 1:
+            raise ValueError(f"{where}: {len(names)} string fields "
+                             f"({', '.join(names) or 'none'}): name the text with "
+                             "--text-field")
+        text_field = names[0]
+    rows = {"pair_id": [], "text_a": [], "text_b": [], "label": []}
+    for key, i, (a, b), label in pairs:
+        for side, rec in (("first", a), ("second", b)):
+            for field in filter(None, (text_field, pair_id_field)):
+                if field not in rec:
+                    raise ValueError(f"{where}: {key}[{i}]'s {side} record has no field "
+                                     f"{field!r} (it has: {', '.join(sorted(rec))})")
+        text_a, text_b = (None if r[text_field] is None else str(_plain(r[text_field]))
+                          for r in (a, b))
+        if pair_id_field:
+            pid = f"{_plain(a[pair_id_field])}|{_plain(b[pair_id_field])}"
+        else:
+            pid = text_pair_id(text_a or "", text_b or "")
+        rows["pair_id"].append(pid)
+        rows["text_a"].append(text_a)
+        rows["text_b"].append(text_b)
+        rows["label"].append(label)
+    n = len(pairs)
+    return conform(pa.table({
+        **rows, "label": pa.array(rows["label"], pa.int8()),
+        "labeller": [labeller] * n, "labelled_at": pa.array([_now()] * n, LABEL_SCHEMA.field(
+            "labelled_at").type), "run_id": pa.array([run_id] * n, pa.string()),
+    }), where)
+
+
+def from_splink(table: pa.Table, labeller: str | None, text_column_l: str = "text_l",
+                text_column_r: str = "text_r", pair_id_column: str | None = None,
+                run_id: str | None = None, where: str = "Splink labels") -> pa.Table:
+    """A labels table from a Splink labels table (unique_id_l, unique_id_r,
+    clerical_match_score in [0, 1]): label 1 when the score is >= 0.5, 0 below, null
+    when it is null. pair_id is `pair_id_column` when given, else
+    "<unique_id_l>|<unique_id_r>"; the texts are `text_column_l` and `text_column_r`.
+    The labeller is `labeller`, else the table's labeller column."""
+    have = table.column_names
+    needed = ["clerical_match_score", text_column_l, text_column_r]
+    needed += [pair_id_column] if pair_id_column else ["unique_id_l", "unique_id_r"]
+    for col in needed:
+        if col not in have:
+            flag = {text_column_l: " (--text-column-l)", text_column_r: " (--text-column-r)",
+                    pair_id_column: " (--pair-id-field)"}.get(col, "")
+            raise ValueError(f"{where}: no column {col!r}{flag} (it has: {', '.join(have)})")
+    if labeller is None and "labeller" not in have:
+        raise ValueError(f"{where}: no labeller column: name one with --labeller")
+    score = table.column("clerical_match_score").combine_chunks()
+    if not (pa.types.is_floating(score.type) or pa.types.is_integer(score.type)):
+        raise ValueError(f"{where}: column 'clerical_match_score' is {score.type}, not a number")
+    score = score.cast(pa.float64())
+    bad = pc.or_(pc.less(score, 0.0), pc.greater(score, 1.0))
+    bad = pc.fill_null(pc.or_(bad, pc.is_nan(score)), False)
+    if pc.any(bad).as_py():
+        row = _first(bad)
+        raise ValueError(f"{where}: column 'clerical_match_score' is {score[row].as_py()} in "
+                         f"row {row}, not in [0, 1]")
+    label = pc.cast(pc.greater_equal(score, 0.5), pa.int8())
+    n = table.num_rows
+    if pair_id_column:
+        pid = table.column(pair_id_column).cast(pa.string())
+    else:
+        pid = pc.binary_join_element_wise(table.column("unique_id_l").cast(pa.string()),
+                                          table.column("unique_id_r").cast(pa.string()), "|")
+    who = pa.array([labeller] * n, pa.string()) if labeller is not None \
+        else table.column("labeller").cast(pa.string())
+    return conform(pa.table({
+        "pair_id": pid, "text_a": table.column(text_column_l).cast(pa.string()),
+        "text_b": table.column(text_column_r).cast(pa.string()), "label": label,
+        "labeller": who,
+        "labelled_at": pa.array([_now()] * n, LABEL_SCHEMA.field("labelled_at").type),
+        "run_id": pa.array([run_id] * n, pa.string()),
+    }), where)
+
+
+def read_table_file(path: str) -> pa.Table:
+    """A Parquet or CSV file (by its name's ending) from any filesystem."""
+    with storage.filesystems().open(path, compression_type="uncompressed") as f:
+        data = f.read()
+    try:
+        if path.lower().endswith(".csv"):
+            return pa_csv.read_csv(io.BytesIO(data))
+        return pq.read_table(io.BytesIO(data))
+    except Exception as e:  # noqa: BLE001  (pyarrow's errors do not name the file)
+        kind = "CSV" if path.lower().endswith(".csv") else "Parquet"
+        raise ValueError(f"{path} is not readable {kind}: {e}") from None
+
+
+def write_csv(path: str, table: pa.Table) -> None:
+    """`table` as CSV (a header line, labelled_at as ISO 8601 UTC) to a local path or
+    a URL."""
+    cols = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_timestamp(col.type):
+            col = pc.strftime(col, format="%Y-%m-%dT%H:%M:%SZ")  # %S: with microseconds
+        cols[name] = col
+    sink = pa.BufferOutputStream()
+    pa_csv.write_csv(pa.table(cols), sink)
+    data = sink.getvalue().to_pybytes()
+    if "://" not in path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    with storage.filesystems().create(path) as f:
+        f.write(data)
+
+
+def info(table: pa.Table, first: int = 5) -> dict:
+    """What a labels dataset holds: rows, distinct pairs, each labeller's latest labels,
+    the latest labels by value, the resolved pairs by outcome, and the disagreements
+    (their count and the `first` few)."""
+    per = latest(table)
+    resolved, disagreements = resolve(table)
+
+    def counts(labels_col) -> dict:
+        values = labels_col.to_pylist()
+        return {"duplicate": values.count(1), "not_duplicate": values.count(0),
+                "unsure": values.count(None)}
+
+    by_labeller = {}
+    for name in sorted(set(per.column("labeller").to_pylist())):
+        mine = per.filter(pc.equal(per.column("labeller"), name))
+        by_labeller[name] = {"pairs": mine.num_rows, **counts(mine.column("label"))}
+    outcome = counts(resolved.column("label"))
+    outcome["unsure"] -= disagreements.num_rows  # a disagreement resolves to null too
+    outcome["disagreed"] = disagreements.num_rows
+    return {
+        "rows": table.num_rows,
+        "pairs": resolved.num_rows,
+        "labellers": by_labeller,
+        "latest_labels": {**counts(per.column("label")), "rows": per.num_rows},
+        "resolved": outcome,
+        "disagreements": {"count": disagreements.num_rows,
+                          "first": disagreements.slice(0, first).to_pylist()},
+    }

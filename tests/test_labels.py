@@ -3,14 +3,16 @@ latest label per labeller, disagreements, refusals that name the column, row or 
 and `pairscore labels import|export|info`."""
 
 import datetime
+import json
 import os
 import threading
 
 import pyarrow as pa
+import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import labels
+from pipeline import cli, labels
 
 UTC = datetime.UTC
 
@@ -160,3 +162,112 @@ def test_corrupt_or_foreign_file_is_named(tmp_path):
     pq.write_table(pa.table({"pair_id": ["a"], "verdict": ["yes"]}), foreign)
     with pytest.raises(ValueError, match=f"labels file {foreign}: missing column 'text_a'"):
         labels.read_labels(str(tmp_path))
+
+
+# --- pairscore labels import | export | info ----------------------------------------------
+
+
+def _cli(capsys, argv: list[str]) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_import_dedupe_training_json(tmp_path, capsys):
+    # As dedupe's console labeller writes it (tuples serialised with __class__/__value__).
+    training = {
+        "distinct": [{"__class__": "tuple", "__value__": [
+            {"name": "Acme Corp", "city": "Leeds", "n": 1},
+            {"name": "Apex Ltd", "city": "Leeds", "n": 2}]}],
+        "match": [[{"name": "Acme Corp", "city": "York", "n": 1},
+                   {"name": "ACME Corporation", "city": "York", "n": 3}]],
+    }
+    src = tmp_path / "training.json"
+    src.write_text(json.dumps(training))
+    uri = str(tmp_path / "labels")
+    # Two string fields: the error names them and the flag.
+    code, _, err = _cli(capsys, ["labels", "import", str(src), "--to", uri,
+                                 "--format", "dedupe"])
+    assert code == 2 and "2 string fields (city, name)" in err and "--text-field" in err
+    code, out, err = _cli(capsys, ["labels", "import", str(src), "--to", uri, "--format",
+                                   "dedupe", "--text-field", "name", "--labeller", "kim",
+                                   "--run-id", "r7"])
+    assert code == 0, err
+    assert "imported 2 labels (1 duplicate, 1 not, 0 unsure)" in out
+    got = labels.read_labels(uri)
+    match = next(r for r in got.to_pylist() if r["label"] == 1)
+    assert (match["text_a"], match["text_b"]) == ("Acme Corp", "ACME Corporation")
+    assert match["pair_id"] == labels.text_pair_id("ACME Corporation", "Acme Corp")
+    assert {r["labeller"] for r in got.to_pylist()} == {"kim"}
+    assert {r["run_id"] for r in got.to_pylist()} == {"r7"}
+    # With an id field, pair_id is the two records' ids.
+    code, _, err = _cli(capsys, ["labels", "import", str(src), "--to", uri, "--format",
+                                 "dedupe", "--text-field", "name", "--pair-id-field", "n"])
+    assert code == 0, err
+    assert {"1|2", "1|3"} <= set(labels.read_labels(uri).column("pair_id").to_pylist())
+
+
+def test_import_splink_labels_table(tmp_path, capsys):
+    splink = pa.table({
+        "unique_id_l": [1, 1, 2, 4], "unique_id_r": [2, 3, 3, 5],
+        "text_l": ["a", "a", "b", "d"], "text_r": ["b", "c", "c", "e"],
+        "clerical_match_score": [1.0, 0.2, 0.5, None],
+    })
+    uri = str(tmp_path / "labels")
+    pq.write_table(splink, tmp_path / "splink.parquet")
+    pa.csv.write_csv(splink, tmp_path / "splink.csv")
+    for name in ("splink.parquet", "splink.csv"):
+        code, out, err = _cli(capsys, ["labels", "import", str(tmp_path / name), "--to", uri,
+                                       "--format", "splink", "--labeller", "sam"])
+        assert code == 0, err
+        assert "imported 4 labels (2 duplicate, 1 not, 1 unsure)" in out
+    got = labels.latest(labels.read_labels(uri))
+    assert [(r["pair_id"], r["label"], r["text_a"], r["text_b"]) for r in got.to_pylist()] == [
+        ("1|2", 1, "a", "b"), ("1|3", 0, "a", "c"), ("2|3", 1, "b", "c"), ("4|5", None, "d", "e")]
+    # Missing text columns and scores out of range are named.
+    pq.write_table(splink.drop_columns(["text_r"]), tmp_path / "no_text.parquet")
+    code, _, err = _cli(capsys, ["labels", "import", str(tmp_path / "no_text.parquet"), "--to",
+                                 uri, "--format", "splink", "--labeller", "sam"])
+    assert code == 2 and "no column 'text_r' (--text-column-r)" in err
+    bad = splink.set_column(4, "clerical_match_score", pa.array([0.1, 1.5, 0.0, 0.0]))
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    code, _, err = _cli(capsys, ["labels", "import", str(tmp_path / "bad.parquet"), "--to",
+                                 uri, "--format", "splink", "--labeller", "sam"])
+    assert code == 2 and "'clerical_match_score' is 1.5 in row 1, not in [0, 1]" in err
+
+
+def test_export_csv_and_info(tmp_path, capsys):
+    uri = str(tmp_path / "labels")
+    labels.save_labels(uri, _rows([("p1", 1, "ann", 1), ("p1", 0, "bob", 2),
+                                   ("p2", 1, "ann", 3), ("p3", None, "bob", 4)]))
+    labels.save_labels(uri, _rows([("p2", 1, "bob", 5)]))
+    out_csv = tmp_path / "out" / "all.csv"
+    code, out, err = _cli(capsys, ["labels", "export", uri, "--output", str(out_csv)])
+    assert code == 0 and "wrote 5 rows" in out, err
+    back = pa.csv.read_csv(out_csv)
+    assert back.column_names == labels.LABEL_SCHEMA.names
+    assert back.column("pair_id").to_pylist() == ["p1", "p1", "p2", "p3", "p2"]
+    assert back.column("label").to_pylist() == [1, 0, 1, None, 1]
+    # The CSV converts back to the dataset's schema without loss.
+    assert labels.conform(back).equals(labels.read_labels(uri))
+    resolved_csv = tmp_path / "resolved.csv"
+    code, out, _ = _cli(capsys, ["labels", "export", uri, "--output", str(resolved_csv),
+                                 "--resolved"])
+    assert code == 0 and "wrote 3 pairs" in out
+    back = pa.csv.read_csv(resolved_csv)
+    assert back.column("label").to_pylist() == [None, 1, None]
+    assert back.column("n_labellers").to_pylist() == [2, 2, 1]
+
+    code, out, _ = _cli(capsys, ["labels", "info", uri, "--json"])
+    got = json.loads(out)
+    assert code == 0
+    assert (got["rows"], got["pairs"]) == (5, 3)
+    assert got["labellers"]["ann"] == {"pairs": 2, "duplicate": 2, "not_duplicate": 0,
+                                       "unsure": 0}
+    assert got["resolved"] == {"duplicate": 1, "not_duplicate": 0, "unsure": 1, "disagreed": 1}
+    assert got["disagreements"] == {"count": 1, "first": [
+        {"pair_id": "p1", "labels": [1, 0], "labellers": ["ann", "bob"]}]}
+    code, out, _ = _cli(capsys, ["labels", "info", uri])
+    assert code == 0 and "5 rows, 3 pairs, 2 labellers" in out
+    assert "disagreements: 1" in out and "p1: ann=1, bob=0" in out
