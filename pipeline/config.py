@@ -53,6 +53,8 @@ class JobConfig:
     canary_labels: list = dataclasses.field(default_factory=list)
     canary_file: str | None = None
     review_pairs: int = 1000
+    review_sample: int = 300  # --review-sample: pairs in OUT/sample/ (0: none)
+    review_sample_band: float = 0.1  # the near_threshold stratum's half-width
     canary_branch: bool = False  # this config scores the canaries, not the night's pairs
     # --embedding-store: the generations pinned at launch, where this run writes its own.
     store: store.StoreSpec | None = None

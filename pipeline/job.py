@@ -88,6 +88,10 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
     gates = _gate_limits(opts)
     if opts.review_pairs < 0:
         raise JobError(f"--review-pairs {opts.review_pairs}: give 0 (none) or more")
+    if opts.review_sample < 0:
+        raise JobError(f"--review-sample {opts.review_sample}: give 0 (none) or more")
+    if not 0.0 <= opts.review_sample_band <= 1.0:
+        raise JobError(f"--review-sample-band {opts.review_sample_band} is outside [0, 1]")
     baseline = canaries = None
     canary_labels = []
     if opts.baseline and not dry_run:
@@ -154,6 +158,8 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         canary_labels=canary_labels,
         canary_file=opts.canaries,
         review_pairs=opts.review_pairs,
+        review_sample=opts.review_sample,
+        review_sample_band=opts.review_sample_band,
         store=spec,
     )
 
@@ -227,8 +233,11 @@ def build(p: beam.Pipeline, cfg: JobConfig, dry_run: bool = False):
               else nothing("NoReview"))
     canaries = (p | "Canaries" >> stages.Canaries(cfg) if cfg.canaries is not None
                 else nothing("NoCanaries"))
+    sample = ({"labels": results["labels"], "candidates": results["sample"]}
+              | "SampleForReview" >> stages.SampleForReview(cfg) if cfg.review_sample
+              else {"files": nothing("NoSampleFiles"), "design": nothing("NoSampleDesign")})
     finals = {"labels": results["labels"], "written": written, "groups": grouped,
-              "review": review, "canaries": canaries}
+              "review": review, "canaries": canaries, "sample": sample}
     if cfg.store is not None:
         finals["store"] = {"files": results["store_files"], "stats": results["store_stats"]}
     return finals | "Finalize" >> stages.Finalize(cfg)

@@ -121,6 +121,16 @@ class ScoreOptions(PipelineOptions):
                             default=1000,
                             help="write the N pairs scored nearest the threshold to "
                             "OUT/review/ for labelling; 0: none")
+        parser.add_argument("--review-sample", "--review_sample", dest="review_sample",
+                            type=int, default=300, metavar="N",
+                            help="write a stratified random sample of N scored pairs, with "
+                            "its design, to OUT/sample/ for people to label (precision and "
+                            "recall are estimated from it); 0: none")
+        parser.add_argument("--review-sample-band", "--review_sample_band",
+                            dest="review_sample_band", type=float, default=0.1,
+                            metavar="HALF_WIDTH",
+                            help="the sample's near_threshold stratum: pairs with "
+                            "|score - threshold| below this")
         parser.add_argument("--detach", action="store_true", default=False,
                             help="submit the job and return without waiting (Dataflow, "
                             "a scheduler): the pipeline's last step publishes and writes "

@@ -160,6 +160,16 @@ def summary_of(cfg, tally: Tally, duplicates: int, distinct_ids: int,
     }
 
 
+def sample_field(output: str, design: dict | None) -> dict | None:
+    """summary.json's `sample`: pairs sampled, where, and the design's strata; None
+    without a sample (--review-sample 0)."""
+    if design is None:
+        return None
+    strata = design["strata"]
+    return {"pairs": sum(s["sampled"] for s in strata.values()),
+            "path": join(output, pio.SAMPLE), "strata": strata}
+
+
 def withheld_because(cfg, summary: dict) -> str | None:
     """Why this run must not publish, or None."""
     staged = pio.staging(cfg.output, cfg.run_id)
@@ -205,9 +215,10 @@ def _write_outcome(output: str, summary: dict) -> None:
 def finalize_run(cfg, files: dict, duplicates: int, distinct_ids: int,
                  scores: dict | None = None, group_stats: dict | None = None,
                  canaries: dict | None = None, store_files: list[dict] = (),
-                 store_stats: dict | None = None) -> dict:
+                 store_stats: dict | None = None, sample_design: dict | None = None) -> dict:
     """The whole last step (see the module docstring); `files` holds the written files
-    by kind (labels, rejects, groups, review). Returns the summary written. Raises
+    by kind (labels, rejects, groups, review, sample; `sample_design` is the sample's
+    design, `pipeline.sampling.select`). Returns the summary written. Raises
     RunWithheld (rows lost, model errors) or RunGated (a gate tripped) after writing
     summary.json and report.html, when the run must not publish.
 
@@ -231,6 +242,7 @@ def finalize_run(cfg, files: dict, duplicates: int, distinct_ids: int,
     review = [locate(cfg.output, p) for p in files.get(pio.REVIEW, [])]
     summary["review"] = ({"pairs": _rows(review), "path": join(cfg.output, pio.REVIEW)}
                          if review else None)
+    summary["sample"] = sample_field(cfg.output, sample_design)
     summary["canaries"] = {"file": cfg.canary_file, **canaries} if canaries else None
     summary["baseline"] = monitor.compare(summary, cfg.baseline) if cfg.baseline else None
     summary["gates"] = monitor.check_gates(cfg.gates, summary)
@@ -243,7 +255,7 @@ def finalize_run(cfg, files: dict, duplicates: int, distinct_ids: int,
         # The run is over: the next one may take the output (and clear this staging).
         pio.release_run_marker(cfg.output, cfg.run_id)
         raise RunWithheld(f"{reason} (see {join(cfg.output, pio.SUMMARY)})")
-    staged = [p for kind in (pio.LABELS, pio.REJECTS, pio.GROUPS, pio.REVIEW)
+    staged = [p for kind in (pio.LABELS, pio.REJECTS, pio.GROUPS, pio.REVIEW, pio.SAMPLE)
               for p in files.get(kind, [])]
     for p in staged:
         locate(cfg.output, p)

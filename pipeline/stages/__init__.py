@@ -9,6 +9,7 @@ unit-tested functions of the module each stage module is named after.
     stages/store.py     LookupStore, WriteStore (over store)
     stages/groups.py    Groups (over groups)
     stages/monitor.py   Progress, Review, Canaries (over monitor)
+    stages/sampling.py  SampleForReview (over sampling)
     stages/finalize.py  WriteResults, CountDistinctIds, Finalize (over publish)
 
 `pipeline.job.build` wires them: ReadPairs -> ScorePairs or ScoreUniqueTexts ->
@@ -19,6 +20,7 @@ stages import the plain-function modules and `pipeline.config`, never `pipeline.
 from pipeline.stages.finalize import CountDistinctIds, Finalize, WriteResults, conform
 from pipeline.stages.groups import Groups
 from pipeline.stages.monitor import Canaries, Progress, Review
+from pipeline.stages.sampling import SampleForReview
 from pipeline.stages.score import (
     Rebatch,
     RunModel,
@@ -39,7 +41,7 @@ from pipeline.stages.unique import (
 
 __all__ = [
     "Canaries", "CountDistinctIds", "EncodeDistinctTexts", "Finalize", "Groups",
-    "LookupStore", "Progress", "Rebatch", "Review", "RunModel", "ScorePairs",
+    "LookupStore", "Progress", "Rebatch", "Review", "RunModel", "SampleForReview", "ScorePairs",
     "ScoreUniqueTexts", "ShuffleJoin", "SideInputJoin", "Threshold", "TokenizePairs",
     "Validate", "WriteResults", "WriteStore", "conform", "handler_for", "review_schema",
 ]

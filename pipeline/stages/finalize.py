@@ -93,25 +93,29 @@ class _FinalizeFn(beam.DoFn):
         self.cfg = cfg
 
     def process(self, _, label_files, reject_files, group_files, review_files, duplicates,
-                distinct_ids, scores, group_stats, canaries, store_files=(), store_stats=()):
+                distinct_ids, scores, group_stats, canaries, store_files=(), store_stats=(),
+                sample_files=(), sample_design=()):
         from pipeline import publish
 
         files = {pio.LABELS: sorted(label_files), pio.REJECTS: sorted(reject_files),
-                 pio.GROUPS: sorted(group_files), pio.REVIEW: sorted(review_files)}
+                 pio.GROUPS: sorted(group_files), pio.REVIEW: sorted(review_files),
+                 pio.SAMPLE: sorted(sample_files)}
         yield publish.finalize_run(
             self.cfg, files, duplicates, distinct_ids, scores,
             group_stats=group_stats[0] if group_stats else None,
             canaries=canaries[0] if canaries else None,
             store_files=list(store_files),
-            store_stats=store_stats[0] if store_stats else None)
+            store_stats=store_stats[0] if store_stats else None,
+            sample_design=sample_design[0] if sample_design else None)
 
 
 class Finalize(beam.PTransform):
     """{'labels': label tables, 'written': {'labels', 'rejects'}: the files both writes
     finished, 'groups': {'files', 'stats'}, 'review': files, 'canaries': metrics (the
-    last three empty when not asked for), and with --embedding-store 'store': {'files',
-    'stats'}} -> the summary written. The job's last step: it takes every write's output
-    as a side input, so it runs after all have finished, on every runner; it counts,
+    last three empty when not asked for), 'sample': {'files', 'design'} (--review-sample),
+    and with --embedding-store 'store': {'files', 'stats'}} -> the summary written. The
+    job's last step: it takes every write's output as a side input, so it runs after all
+    have finished, on every runner; it counts,
     checks, gates and publishes (`pipeline.publish.finalize_run`). Duplicates, distinct
     ids and the score histogram are computed here, exactly, by combiners over the label
     tables."""
@@ -124,9 +128,13 @@ class Finalize(beam.PTransform):
         cfg = self.cfg
         labels = inputs["labels"]
         store_inputs = {}
+        if "sample" in inputs:
+            store_inputs = {"sample_files": beam.pvalue.AsList(inputs["sample"]["files"]),
+                            "sample_design": beam.pvalue.AsList(inputs["sample"]["design"])}
         if "store" in inputs:
-            store_inputs = {"store_files": beam.pvalue.AsList(inputs["store"]["files"]),
-                            "store_stats": beam.pvalue.AsList(inputs["store"]["stats"])}
+            store_inputs.update(
+                store_files=beam.pvalue.AsList(inputs["store"]["files"]),
+                store_stats=beam.pvalue.AsList(inputs["store"]["stats"]))
         duplicates = (
             labels
             | "DuplicatesPerTable" >> beam.Map(

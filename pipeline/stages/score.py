@@ -22,7 +22,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.shared import Shared
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline import groups, monitor
+from pipeline import groups, monitor, sampling
 from pipeline.handler import ModelLoadError, PairModelHandler
 from pipeline.packing import label_table, pack_table
 from pipeline.stages.common import counter, load_tokenizer
@@ -218,6 +218,10 @@ class _ThresholdFn(beam.DoFn):
         if self.review:
             self.review_columns = (cfg.id_column, cfg.text_columns)
             self.review_schema = review_schema(cfg)
+        self.sample = cfg.review_sample if not cfg.canary_branch else 0
+        if self.sample:
+            self.sample_args = (cfg.threshold, cfg.review_sample_band, cfg.run_id)
+            self.id_column, self.text_columns = cfg.id_column, cfg.text_columns
         self.scored = counter("rows_scored", cfg)
         self.duplicates = counter("duplicates", cfg)
 
@@ -249,13 +253,19 @@ class _ThresholdFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("review", monitor.review_rows(
                 batch.rows, batch.scores, self.threshold, *self.review_columns,
                 self.review_schema, self.review))
+        if self.sample and n:
+            rows, (a, b) = batch.rows, self.text_columns
+            yield beam.pvalue.TaggedOutput("sample", sampling.candidates(
+                rows[self.id_column], rows[a], rows[b], batch.scores, *self.sample_args,
+                k=self.sample))
         yield table
 
 
 class Threshold(beam.PTransform):
     """Scored batches -> {'labels': tables (id, score, is_duplicate, kept columns),
     'edges': the duplicate pairs' (left, right) record ids, with --group-by,
-    'review': each batch's --review-pairs pairs nearest the threshold}. Logs progress
+    'review': each batch's --review-pairs pairs nearest the threshold, 'sample': each
+    batch's --review-sample candidates a stratum (`sampling.candidates`)}. Logs progress
     (pairs done of rows_in, percent, pairs/s, ETA) every few seconds."""
 
     def __init__(self, cfg: JobConfig):
@@ -264,8 +274,9 @@ class Threshold(beam.PTransform):
 
     def expand(self, batches):
         out = batches | "Label" >> beam.ParDo(_ThresholdFn(self.cfg)).with_outputs(
-            "edges", "review", main="labels")
-        return {"labels": out.labels, "edges": out.edges, "review": out.review}
+            "edges", "review", "sample", main="labels")
+        return {"labels": out.labels, "edges": out.edges, "review": out.review,
+                "sample": out.sample}
 
 
 def review_schema(cfg: JobConfig) -> pa.Schema:
