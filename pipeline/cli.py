@@ -133,6 +133,10 @@ def summary_lines(summary: dict, output: str) -> list[str]:
         files.append((summary["review"]["path"].rstrip("/") + "/",
                       f"the {summary['review']['pairs']} pairs scored nearest the "
                       "threshold, to label"))
+    if summary.get("sample"):
+        files.append((summary["sample"]["path"].rstrip("/") + "/",
+                      f"a random sample of {summary['sample']['pairs']} pairs and its "
+                      "design, to label for tonight's precision and recall"))
     if summary.get("groups"):
         files.append((_path(output, "groups") + "/",
                       f"{summary['groups']['groups']} groups of duplicates"))
