@@ -161,6 +161,8 @@ def test_a_run_writes_the_sample_and_its_design(night):
     assert summary["sample"] == {"pairs": 30, "path": str(out / "sample"),
                                  "strata": design["strata"]}
     assert design["threshold"] == 0.5 and design["band"] == 0.03
+    assert any(f"{out / 'sample'}/" in line and "random sample of 30 pairs" in line
+               for line in cli.summary_lines(summary, str(out)))
     assert design["run_id"] == summary["run_id"] == sample["run_id"][0].as_py()
 
     labels = pq.read_table(out / "labels")
