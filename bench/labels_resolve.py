@@ -1,6 +1,7 @@
-"""latest() and resolve() of the labels dataset (pipeline/labels.py) on many rows.
+"""latest() and resolve() of the labels dataset (pipeline/labels.py) on many rows, and
+read_labels() of a local dataset of one-label files (what the review page writes).
 
-    .venv/bin/python bench/labels_resolve.py [--rows 1000000]
+    .venv/bin/python bench/labels_resolve.py [--rows 1000000] [--files 300]
 
 A synthetic labels table: ROWS labels of 0.3 * ROWS pairs by 5 labellers at random
 times, a third of them unsure. Prints the wall seconds of each call (sort + take in
@@ -36,6 +37,7 @@ def table(rows: int, seed: int = 0):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000, help="labels in the table")
+    p.add_argument("--files", type=int, default=300, help="one-label files to read back")
     args = p.parse_args()
     from pipeline import labels
 
@@ -49,6 +51,16 @@ def main() -> None:
     print(f"{args.rows} rows: latest {latest_s:.2f} s ({per.num_rows} rows); resolve "
           f"{resolve_s:.2f} s ({resolved.num_rows} pairs, {disagreements.num_rows} "
           "disagreements)")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as uri:
+        one = t.slice(0, 1)
+        for _ in range(args.files):
+            labels.save_labels(uri, one)
+        start = time.perf_counter()
+        back = labels.read_labels(uri)
+        print(f"read_labels of {args.files} one-label local files: "
+              f"{time.perf_counter() - start:.2f} s ({back.num_rows} rows)")
 
 
 if __name__ == "__main__":
