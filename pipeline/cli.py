@@ -7,6 +7,7 @@
     pairscore score --input 'data/*.parquet' --output out/ --model models/default
     pairscore publish out/ --accept        (a run a gate held back, once looked at)
     pairscore review out/ --labels labels/ (label the night's sample in a local page)
+    pairscore estimate out/ --labels labels/  (tonight's precision and recall, measured)
     pairscore train --train pairs.parquet --encoder bilstm --distance l1 --output models/m
     pairscore evaluate --model models/m --data dev.parquet
     pairscore threshold --model models/m --labelled dev.parquet --target-precision 0.95 \\
@@ -486,6 +487,55 @@ def _labels(argv: list[str]) -> int:
     return 0
 
 
+def estimate_parser() -> argparse.ArgumentParser:
+    p = _parser("pairscore estimate",
+                "Tonight's precision and recall, measured from people's labels of the "
+                "night's sample (OUT/sample/), each with an interval for the stratified "
+                "design, and the same figures at other thresholds. Writes OUT/estimate.json "
+                "and rewrites OUT/report.html with a \"Measured by people\" section. "
+                "Beam's storage flags (--s3_endpoint_url, ...) are accepted too. "
+                "docs/people.md explains the estimator and the interval.")
+    p.add_argument("output", help="the scored run's output directory, with its sample/ "
+                   "(local, gs://, s3://)")
+    p.add_argument("--labels", required=True, metavar="URI",
+                   help="the labels dataset (only the labels of this run's sample count)")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="the intervals' confidence level, between 0 and 1")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="estimate at this threshold instead of the night's (summary.json)")
+    p.add_argument("--json", action="store_true",
+                   help="print the estimate as JSON (the fields of OUT/estimate.json)")
+    p.error = lambda message: p.exit(2, f"pairscore estimate: error: {message}\n")
+    return p
+
+
+def _estimate(argv: list[str]) -> int:
+    args, beam_flags = estimate_parser().parse_known_args(argv)
+    import json
+
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import estimate
+    from pipeline.io import JobError
+    from pipeline.options import check_known_flags
+
+    try:
+        check_known_flags(beam_flags)
+        FileSystems.set_options(PipelineOptions(beam_flags))
+        result = estimate.for_run(args.output, args.labels, args.confidence, args.threshold)
+    except (JobError, ValueError, OSError) as e:
+        print(f"pairscore estimate: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print("\n".join(estimate.lines(result)))
+        print(f"  written: {_path(args.output, 'estimate.json')}, "
+              f"{_path(args.output, 'report.html')}")
+    return 0
+
+
 COMMANDS = {
     **model_cli.COMMANDS,
     "score": _score,
@@ -494,6 +544,7 @@ COMMANDS = {
     "store": _store,
     "labels": _labels,
     "review": _review,
+    "estimate": _estimate,
 }
 # The parser behind each command's --help (tests/test_help.py: one per command).
 PARSERS = {
@@ -507,6 +558,7 @@ PARSERS = {
     "store": store_parser,
     "labels": labels_parser,
     "review": review_parser,
+    "estimate": estimate_parser,
 }
 # `pairscore --help`, one line each (without building the parsers: train's loads Keras).
 SUMMARIES = {
@@ -517,6 +569,7 @@ SUMMARIES = {
     "store": "inspect (info) or compact an embedding store",
     "labels": "import (dedupe, Splink), export (CSV) or summarise a labels dataset",
     "review": "serve the review page: label the night's sample by keyboard",
+    "estimate": "tonight's precision and recall from the sample's labels, with intervals",
     "train": "train a Siamese model",
     "evaluate": "evaluate models on labelled pairs; optionally write a report",
     "threshold": "choose a model's threshold for a target precision or recall",

@@ -4,7 +4,8 @@ The page answers "did last night look like the nights before?": a status banner
 (published, gated with the gate that tripped and the command that publishes after review,
 or withheld with the error), the key figures, the score histogram (threshold marked) and,
 with a baseline, its histogram overlaid as proportions, the baseline comparison, the
-gates, rejects by reason, canaries, input files, review pairs and groups. Every image is
+gates, rejects by reason, canaries, input files, review pairs, groups and, once
+`pairscore estimate` ran, the precision and recall people measured. Every image is
 an inline PNG (data: URI) and there is no external CSS or JS, so the file can be mailed.
 
 `render` builds the page and raises on a summary it cannot read: the caller (the job's
@@ -409,6 +410,57 @@ def _groups(summary: dict) -> str:
     return _section("groups", "Groups", body)
 
 
+def _interval(f: dict) -> str:
+    if not f or f.get("estimate") is None:
+        return "n/a" + (f" ({_e(f['why'])})" if f and f.get("why") else "")
+    return f"{f['estimate']:.3f} [{f['low']:.3f}, {f['high']:.3f}]"
+
+
+def _people(summary: dict) -> str:
+    """`pairscore estimate`'s figures (summary["people"], pipeline/estimate.py), when it
+    was run: precision and recall measured from people's labels of the night's sample."""
+    people = summary.get("people")
+    if not people:
+        return ""
+    level = f"{people.get('confidence', 0.95):.0%}"
+    rows = [
+        ["precision", f"<span id=people-precision>{_interval(people.get('precision'))}"
+                      f"</span> ({level} interval)"],
+        ["recall", f"<span id=people-recall>{_interval(people.get('recall'))}</span> "
+                   f"({level} interval)"],
+        ["threshold", _fmt(people.get("threshold"))],
+        ["labels used", f"<span id=people-labels>{_count(people.get('labels'))}</span>"],
+        ["unsure (left out)", _count(people.get("unsure"))],
+        ["disagreements (left out)",
+         f"<span id=people-disagreements>{_count(people.get('disagreements'))}</span>"],
+        ["estimator", _e(people.get("estimator"))],
+        ["interval", _e(people.get("interval"))],
+    ]
+    stop = people.get("stop")
+    if stop:
+        rows.append(["stop labelling", f"{'yes' if stop['stop'] else 'no'}: "
+                                       f"{_e(stop['why'])}"])
+    body = _table("people", None, rows)
+    strata = people.get("by_stratum") or {}
+    if strata:
+        body += _table("people_strata", ["stratum", "pairs", "sampled", "labelled",
+                                         "duplicates", "not", "unsure"],
+                       [[_e(name), (_count(s.get("size")), "num"),
+                         (_count(s.get("sampled")), "num"),
+                         (_count(s.get("labelled")), "num"),
+                         (_count(s.get("duplicates")), "num"),
+                         (_count(s.get("not_duplicates")), "num"),
+                         (_count(s.get("unsure")), "num")] for name, s in strata.items()])
+    points = people.get("curve") or []
+    if points:
+        body += ("<p>At other thresholds, from the same labels (the strata stay the "
+                 "night's, so far from its threshold the intervals widen):</p>"
+                 + _table("people_curve", ["threshold", "precision", "recall"],
+                          [[_fmt(c.get("threshold")), _interval(c.get("precision")),
+                            _interval(c.get("recall"))] for c in points]))
+    return _section("people", "Measured by people", body)
+
+
 def render(summary: dict, output: str | None = None) -> str:
     """The whole self-contained page for a run's summary (summary.json's dict). `output`
     is the run's output, for the publish command of a gated run (OUT when not given)."""
@@ -427,6 +479,7 @@ def render(summary: dict, output: str | None = None) -> str:
         _inputs(summary),
         _review(summary),
         _groups(summary),
+        _people(summary),
     ]
     body = "\n".join(s for s in sections if s)
     return f"""<!doctype html>
