@@ -30,6 +30,8 @@ SAMPLE = "sample"
 DESIGN = "_design.json"
 # Labels: 1 duplicate, 0 not a duplicate, None unsure (labels.LABEL_SCHEMA's int8).
 LABEL_NAMES = {1: "duplicate", 0: "not a duplicate", None: "unsure"}
+# The interval the page shows with tonight's precision estimate.
+CONFIDENCE = 0.95
 # A labeller's name is part of each label file's name.
 LABELLER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # What the page may show of a pair; with --blind only what carries no hint of the model.
@@ -133,33 +135,44 @@ def progress(pair_ids: list[str], done: dict) -> dict:
     }
 
 
-_TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def _tokens(text: str) -> tuple[str, list[str]]:
+    """(leading whitespace, words and punctuation each with the whitespace after it)."""
+    starts = [m.start() for m in _WORD.finditer(text)]
+    if not starts:
+        return text, []
+    ends = [*starts[1:], len(text)]
+    return text[:starts[0]], [text[i:j] for i, j in zip(starts, ends)]
 
 
 def word_diff(a: str, b: str) -> tuple[list[dict], list[dict]]:
     """The two texts as segments {"text", "op"}: op "equal", "delete" (in a only),
     "insert" (in b only) or "replace" (changed words, on both sides). Words and
-    punctuation are compared; whitespace is kept as written."""
-    ta, tb = _TOKEN.findall(a or ""), _TOKEN.findall(b or "")
-    wa = [t.lower() if not t.isspace() else " " for t in ta]
-    wb = [t.lower() if not t.isspace() else " " for t in tb]
+    punctuation are compared, ignoring case; whitespace is kept as written."""
+    (lead_a, ta), (lead_b, tb) = _tokens(a or ""), _tokens(b or "")
     left: list[dict] = []
     right: list[dict] = []
 
-    def add(side, tokens, op):
-        # Spaces between changed words are part of the change; around them, not.
-        words = [i for i, t in enumerate(tokens) if not t.isspace()]
-        for i, t in enumerate(tokens):
-            kind = op if words and words[0] <= i <= words[-1] else "equal"
+    def add(side, text, op):
+        core = text.rstrip()
+        for part, kind in ((core, op), (text[len(core):], "equal")):
+            if not part:
+                continue
             if side and side[-1]["op"] == kind:
-                side[-1]["text"] += t
+                side[-1]["text"] += part
             else:
-                side.append({"text": t, "op": kind})
+                side.append({"text": part, "op": kind})
 
-    matcher = difflib.SequenceMatcher(None, wa, wb, autojunk=False)
+    add(left, lead_a, "equal")
+    add(right, lead_b, "equal")
+    keys_a = [t.strip().lower() for t in ta]
+    keys_b = [t.strip().lower() for t in tb]
+    matcher = difflib.SequenceMatcher(None, keys_a, keys_b, autojunk=False)
     for op, i1, i2, j1, j2 in matcher.get_opcodes():
-        add(left, ta[i1:i2], op if op != "insert" else "equal")
-        add(right, tb[j1:j2], op if op != "delete" else "equal")
+        add(left, "".join(ta[i1:i2]), op if op != "insert" else "equal")
+        add(right, "".join(tb[j1:j2]), op if op != "delete" else "equal")
     return left, right
 
 
@@ -198,18 +211,52 @@ class Review:
         self.run_id = rows[0]["run_id"] if rows else self.design.get("run_id")
 
     def _labels(self) -> pa.Table:
-        """The latest label of each labeller for each pair of this run's sample (a
-        labels dataset may hold other nights' labels too)."""
+        """Every label of this run's sample, all labellers (a labels dataset may hold
+        other nights' labels too)."""
         import pyarrow.compute as pc
 
         from pipeline import labels
 
         table = labels.read_labels(self.labels_uri)
-        table = table.filter(pc.equal(table["run_id"], self.run_id))
-        return labels.latest(table)
+        return table.filter(pc.equal(table["run_id"], self.run_id))
 
-    def done(self, labeller: str) -> dict:
-        return labelled_by(self._labels(), labeller)
+    def done(self, labeller: str, table: pa.Table | None = None) -> dict:
+        from pipeline import labels
+
+        table = self._labels() if table is None else table
+        return labelled_by(labels.latest(table), labeller)
+
+    def estimate(self, table: pa.Table) -> dict:
+        """Tonight's precision so far, from every labeller's labels (estimate.estimate),
+        and the stop rule's verdict, as the page shows them."""
+        from pipeline import estimate, labels
+
+        resolved, disagreements = labels.resolve(table)
+        threshold = self.design.get("threshold", self.sample["threshold"][0].as_py())
+        try:
+            result = estimate.estimate(resolved, self.design, threshold, CONFIDENCE,
+                                       disagreements)
+        except estimate.EstimateError as e:
+            return {"text": f"Tonight's precision: not yet ({e})", "stop": False}
+        stop = estimate.stop_rule(result)
+        p = result["precision"]
+        if p.get("low") is None:
+            text = f"Tonight's precision: not yet ({p.get('why')})"
+        else:
+            text = (f"Tonight's precision, from {result['labels']} labels of every labeller: "
+                    f"{p['estimate']:.2f} [{p['low']:.2f}, {p['high']:.2f}] "
+                    f"({CONFIDENCE:.0%} interval)")
+        rule = f"Stop when the precision interval is narrower than {estimate.STOP_WIDTH:g}"
+        verdict = "you can stop" if stop["stop"] else "not yet"
+        return {"text": text, "stop_text": f"{rule}: {verdict} ({stop['why']})",
+                "stop": stop["stop"], "labels": result["labels"],
+                "precision": {k: p.get(k) for k in ("estimate", "low", "high")}}
+
+    def state(self, labeller: str, pair_id: str | None, table: pa.Table) -> dict:
+        done = self.done(labeller, table)
+        pair = None if pair_id is None else self.show(pair_id, done)
+        return {"pair": pair, "progress": progress(self.pair_ids, done),
+                "estimate": self.estimate(table)}
 
     def show(self, pair_id: str, done: dict) -> dict:
         """What the page gets of a pair: texts, their diff, its current label (when
@@ -224,16 +271,13 @@ class Review:
         return shown
 
     def next(self, labeller: str) -> dict:
-        done = self.done(labeller)
-        i = next_index(self.pair_ids, done)
-        pair = None if i is None else self.show(self.pair_ids[i], done)
-        return {"pair": pair, "progress": progress(self.pair_ids, done)}
+        table = self._labels()
+        i = next_index(self.pair_ids, self.done(labeller, table))
+        return self.state(labeller, None if i is None else self.pair_ids[i], table)
 
     def back(self, labeller: str, current: str | None) -> dict:
-        done = self.done(labeller)
-        previous = previous_pair(done, current)
-        pair = None if previous is None else self.show(previous, done)
-        return {"pair": pair, "progress": progress(self.pair_ids, done)}
+        table = self._labels()
+        return self.state(labeller, previous_pair(self.done(labeller, table), current), table)
 
     def label(self, labeller: str, pair_id: str, label: int | None) -> dict:
         from pipeline import labels
@@ -242,9 +286,9 @@ class Review:
             raise ValueError(f"pair_id {pair_id!r} is not in {join(self.out, SAMPLE)}")
         path = labels.save_labels(self.labels_uri, label_row(self.pairs[pair_id], label,
                                                              labeller))
-        done = self.done(labeller)
+        state = self.state(labeller, None, self._labels())
         return {"saved": path, "pair_id": pair_id, "label": label,
-                "progress": progress(self.pair_ids, done)}
+                "progress": state["progress"], "estimate": state["estimate"]}
 
 
 def _labeller(request, default: str) -> str:
@@ -284,8 +328,9 @@ def create_app(out: str, labels_uri: str, labeller: str | None = None, blind: bo
     @app.get("/api/progress")
     def progress_():
         name = _labeller(request, default)
-        return jsonify({"labeller": name,
-                        "progress": progress(review.pair_ids, review.done(name))})
+        state = review.state(name, None, review._labels())
+        return jsonify({"labeller": name, "progress": state["progress"],
+                        "estimate": state["estimate"]})
 
     @app.post("/api/label")
     def label():
@@ -334,7 +379,7 @@ PAGE = """<!doctype html>
   #status { min-height: 1.5em; font-weight: 600; }
   #status.saved { color: #1a7f37; } #status.error { color: #b42318; }
   .muted { color: #666; font-size: 14px; }
-  #estimate { margin-top: 8px; }
+  #estimate { margin: 8px 0; } .stop { color: #1a7f37; font-weight: 600; }
 </style>
 </head>
 <body>
@@ -347,7 +392,8 @@ PAGE = """<!doctype html>
 <main>
   <div id="progress-line"></div>
   <div id="bar"><div></div></div>
-  <div id="estimate" class="muted"></div>
+  <div id="estimate"><span id="estimate-line"></span><br>
+    <span id="stop-line" class="muted"></span></div>
   <div id="pair">
     <p class="muted">pair <span id="position"></span> of <span id="sampled"></span>:
       <code id="pair-id"></code> <span id="current-label"></span></p>
@@ -395,8 +441,9 @@ function showProgress(p) {
 }
 
 function showEstimate(e) {
-  if (!e) { $("estimate").textContent = ""; return; }
-  $("estimate").textContent = e.text;
+  $("estimate-line").textContent = e ? e.text : "";
+  $("stop-line").textContent = e && e.stop_text ? e.stop_text : "";
+  $("stop-line").className = e && e.stop ? "stop" : "muted";
 }
 
 function show(data) {

@@ -159,3 +159,20 @@ def test_blind_keeps_the_score_out_of_the_page_and_the_api(sample_out):
             assert s not in body, s
     # The labels saved still carry the score, for the estimate.
     assert labels.read_labels(uri)["score"].null_count == 0
+
+
+def test_the_estimate_and_the_stop_rule_come_with_every_answer(sample_out):
+    out, uri = sample_out
+    client = review.create_app(out, uri, "alice").test_client()
+    first = client.get("/api/next").get_json()["estimate"]
+    assert first["stop"] is False and first["text"].startswith("Tonight's precision: not yet")
+    for pair_id in ("p1", "p2", "p6"):  # the duplicate stratum's pairs, all duplicates
+        client.post("/api/label", json={"pair_id": pair_id, "label": 1})
+    client.post("/api/label?labeller=bob", json={"pair_id": "p3", "label": 0})
+    e = client.get("/api/progress").get_json()["estimate"]
+    assert e["labels"] == 4  # every labeller's
+    p = e["precision"]
+    assert 0 <= p["low"] <= p["estimate"] <= p["high"] <= 1
+    assert f"{p['estimate']:.2f} [{p['low']:.2f}, {p['high']:.2f}] (95% interval)" in e["text"]
+    assert e["stop_text"].startswith(
+        "Stop when the precision interval is narrower than 0.1: not yet")
