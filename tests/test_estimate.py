@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_pairs
 from scipy import stats
 
 from pipeline import estimate, labels, sampling
@@ -395,3 +396,42 @@ def test_cli_errors_name_what_is_missing(tmp_path, capsys):
     assert "--confidence 2.0" in error(out, "--labels", uri, "--confidence", "2")
     (out / "summary.json").unlink()
     assert "summary.json not found" in error(out, "--labels", uri)
+
+
+# --- a real run: pairscore score, label its sample, pairscore estimate -------------------------
+
+ROWS = [(f"q{i}", f"question {i} about python {'fast ' * (i % 5)}",
+         f"python {'learn ' * (i % 7)} question {i % 13}") for i in range(240)]
+
+
+def test_a_real_run_estimated_and_its_report_rewritten(tmp_path, bilstm_model, capsys):
+    src, out, uri = tmp_path / "pairs.parquet", tmp_path / "out", str(tmp_path / "labels")
+    write_pairs(src, ROWS)
+    assert main(["score", "--input", str(src), "--output", str(out), "--model", bilstm_model,
+                 "--review-sample", "40", "--review-sample-band", "0.03", "--threshold",
+                 "0.5", "--mode", "pairs"]) == 0
+    before = (out / "report.html").read_text()
+    assert "Measured by people" not in before
+    sample = pq.read_table(out / "sample")
+    design = json.loads((out / "sample" / "_design.json").read_text())
+    # "People" call a pair a duplicate when its id is even: a truth the model cannot know.
+    truth = {p: int(p[1:]) % 2 == 0 for p in sample["pair_id"].to_pylist()}
+    labels.save_labels(uri, labelled(sample, truth))
+    capsys.readouterr()
+    assert main(["estimate", str(out), "--labels", uri]) == 0
+    assert "labels of the night's sample used" in capsys.readouterr().out
+    stored = json.loads((out / "estimate.json").read_text())
+    assert stored["run_id"] == design["run_id"] and stored["labels"] == 40
+    assert {h: (s["size"], s["sampled"]) for h, s in stored["by_stratum"].items()} == {
+        h: (s["size"], s["sampled"]) for h, s in design["strata"].items()}
+    page = (out / "report.html").read_text()
+    for section in ("figures", "scores", "review", "people"):  # the night's page, and more
+        assert f'<section id="{section}-section">' in page, section
+    assert "<span id=people-labels>40</span>" in page
+
+    no_sample = tmp_path / "no-sample"
+    assert main(["score", "--input", str(src), "--output", str(no_sample), "--model",
+                 bilstm_model, "--review-sample", "0", "--mode", "pairs"]) == 0
+    capsys.readouterr()
+    assert main(["estimate", str(no_sample), "--labels", uri]) == 2
+    assert "no-sample/sample/_design.json not found" in capsys.readouterr().err
