@@ -89,7 +89,7 @@ def coverage(name: str, labels_n: int, nights: int, draws: int, seed: int = 1) -
         held_r += list((q["low"] <= recall) & (recall <= q["high"]))
         widths += list(p["high"] - p["low"])
     out = {"night": name, "labels": labels_n, "draws": nights,
-           "true_precision": round(precision, 4), "true_recall": round(recall, 4),
+           "true_precision": round(float(precision), 4), "true_recall": round(float(recall), 4),
            "precision_coverage": float(np.mean(held_p)),
            "recall_coverage": float(np.mean(held_r)),
            "precision_width_mean": round(float(np.mean(widths)), 4),
