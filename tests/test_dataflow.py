@@ -275,9 +275,9 @@ def test_the_final_step_runs_on_dataflow_after_both_writes(no_network):
     side = [publish.inputs[tag] for tag in payload.side_inputs]
     sources = sorted(producer[p] for p in side)
     # labels, rejects, duplicates, distinct ids, the score histogram, the review file,
-    # and the groups' files and stats and the canaries' metrics (empty without
-    # --group-by and --canaries)
-    assert len(sources) == 9, sources
+    # the groups' files and stats and the canaries' metrics (empty without
+    # --group-by and --canaries), and the night's sample: its file and its design
+    assert len(sources) == 11, sources
     for write in ("WriteResults/WriteLabels/", "WriteResults/WriteRejects/", "Review/Write/",
                   "Finalize/ScoreHistogram/"):
         assert any(s.startswith(write) for s in sources), (write, sources)

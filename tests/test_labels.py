@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli, labels
-from tests.test_storage import BUCKET, bucket, fresh_filesystems, gcs, s3  # noqa: F401
 
 UTC = datetime.UTC
 
@@ -274,21 +273,3 @@ def test_export_csv_and_info(tmp_path, capsys):
     assert "disagreements: 1" in out and "p1: ann=1, bob=0" in out
 
 
-def test_dataset_in_a_bucket(fresh_filesystems, capsys):  # noqa: F811  (a fixture)
-    """gs:// (GCS emulator) and s3:// (moto): saves are objects of their own, read back
-    whole, the CLI included; the bucket is checked with its own client."""
-    store = fresh_filesystems
-    uri = f"{store.scheme}://{BUCKET}/labels-test/night1"
-    first = labels.save_labels(uri, _rows([("p1", 1, "ann", 1)]))
-    second = labels.save_labels(uri, _rows([("p1", 0, "bob", 2), ("p2", 1, "bob", 3)]))
-    assert first.startswith(uri + "/labels-") and first != second
-    keys = store.keys("labels-test/night1/")
-    assert keys == sorted(p.split(f"{BUCKET}/", 1)[1] for p in (first, second))
-    assert pq.read_table(pa.BufferReader(store.get(keys[0]))).num_rows in (1, 2)
-    table = labels.read_labels(uri)
-    assert table.num_rows == 3 and table.schema.equals(labels.LABEL_SCHEMA)
-    assert labels.resolve(table)[1].column("pair_id").to_pylist() == ["p1"]
-    assert labels.read_labels(f"{store.scheme}://{BUCKET}/labels-test/none").num_rows == 0
-    code, out, err = _cli(capsys, ["labels", "info", uri, "--json", *store.flags()])
-    assert code == 0, err
-    assert json.loads(out)["disagreements"]["count"] == 1
