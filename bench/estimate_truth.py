@@ -32,7 +32,8 @@ def main(argv=None) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline import estimate, labels
+    from model import labels
+    from pipeline import estimate
 
     data = pq.read_table(args.data, columns=["pair_id", "label"])
     truth = dict(zip(map(str, data["pair_id"].to_pylist()), data["label"].to_pylist()))

@@ -1,4 +1,4 @@
-"""latest() and resolve() of the labels dataset (pipeline/labels.py) on many rows, and
+"""latest() and resolve() of the labels dataset (model/labels.py) on many rows, and
 read_labels() of a local dataset of one-label files (what the review page writes).
 
     .venv/bin/python bench/labels_resolve.py [--rows 1000000] [--files 300]
@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1_000_000, help="labels in the table")
     p.add_argument("--files", type=int, default=300, help="one-label files to read back")
     args = p.parse_args()
-    from pipeline import labels
+    from model import labels
 
     t = table(args.rows)
     start = time.perf_counter()

@@ -408,7 +408,7 @@ def _labels_import(args) -> str:
     import getpass
     import json
 
-    from pipeline import labels
+    from model import labels
 
     if args.format == "dedupe":
         with labels.storage.filesystems().open(args.source,
@@ -461,7 +461,7 @@ def _labels(argv: list[str]) -> int:
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline import labels
+    from model import labels
     from pipeline.io import JobError
     from pipeline.options import check_known_flags
 

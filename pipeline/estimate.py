@@ -1,6 +1,7 @@
 """Tonight's precision and recall, measured from people's labels of the night's sample.
 
-    from pipeline import estimate, labels
+    from model import labels
+    from pipeline import estimate
     resolved, disagreements = labels.resolve(labels.read_labels(uri))
     result = estimate.estimate(resolved, design, threshold, disagreements=disagreements)
     result["precision"]  # {"estimate": 0.91, "low": 0.87, "high": 0.94}
@@ -32,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from model.stratified import DRAWS, FN, FP, TN, TP, intervals_from_counts
+
 ESTIMATOR = ("stratified ratio of expansion (Horvitz-Thompson) totals: each labelled pair "
              "of stratum h weighs N_h / m_h (m_h: its labelled pairs)")
 INTERVAL = ("stratified Clopper-Pearson-type Bayesian interval: per stratum Dirichlet "
@@ -39,14 +42,7 @@ INTERVAL = ("stratified Clopper-Pearson-type Bayesian interval: per stratum Diri
             "lowers the ratio for the lower bound and on TP for the upper, {draws} Monte "
             "Carlo draws of the ratio; coverage checked by Monte Carlo "
             "(tests/test_estimate.py)")
-DRAWS = 20_000
-SEED = 20  # the same labels give the same interval, run after run
 STOP_WIDTH = 0.1  # the review page's "stop when": the precision interval this narrow
-
-# The four cells of a stratum: (predicted duplicate, labelled duplicate).
-TP, FP, FN, TN = range(4)
-_PREDICTED = np.array([1, 1, 0, 0], dtype=bool)
-_POSITIVE = np.array([1, 0, 1, 0], dtype=bool)
 
 REQUIRED = ("pair_id", "label", "score", "stratum")
 
@@ -66,73 +62,6 @@ def possible_cells(design: dict, threshold: float) -> dict[str, np.ndarray]:
         # that cannot occur only adds its prior half.
         predicted, not_predicted = high >= threshold, low < threshold
         out[name] = np.array([predicted, predicted, not_predicted, not_predicted])
-    return out
-
-
-def intervals_from_counts(counts, possible, sizes, confidence: float = 0.95,
-                          draws: int = DRAWS, seed: int = SEED) -> dict[str, dict]:
-    """The estimates and intervals from cell counts, vectorised over nights.
-
-    counts: (..., H, 4) labelled pairs per stratum and cell (TP, FP, FN, TN);
-    possible: (..., H, 4) bool, the cells that can occur in each stratum (a cell seen is
-    possible whatever this says); sizes: (..., H) the strata sizes N_h. Returns
-    {"precision": {...}, "recall": {...}}, each {"estimate", "low", "high"} arrays of
-    shape (...) (NaN where there is no figure: no labelled predicted duplicate for
-    precision, no labelled duplicate for recall), and "posterior" marks where a stratum
-    without labels made the posterior median the estimate."""
-    counts = np.asarray(counts, dtype=float)
-    sizes = np.asarray(sizes, dtype=float)
-    possible = np.asarray(possible, dtype=bool) | (counts > 0)
-    labelled = counts.sum(-1)  # (..., H)
-    rng = np.random.default_rng(seed)
-    # A stratum labelled in full is known: no sampling error left to draw.
-    full = (labelled >= sizes) & (labelled > 0)
-    observed = np.divide(counts, labelled[..., None], out=np.zeros_like(counts),
-                         where=labelled[..., None] > 0)
-
-    def totals(prior):
-        """Posterior draws of the night's four cell totals: (draws, ..., 4)."""
-        alpha = np.where(possible, counts + prior, 0.0)
-        gam = rng.standard_gamma(np.broadcast_to(alpha, (draws, *alpha.shape)))
-        total = gam.sum(-1, keepdims=True)
-        share = np.divide(gam, total, out=np.zeros_like(gam), where=total > 0)
-        share = np.where(full[..., None], observed, share)
-        return (share * sizes[..., None]).sum(-2)
-
-    def ratio(cells, denominator):
-        num, den = cells[..., TP], cells[..., denominator].sum(-1)
-        return np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
-
-    point = (observed * sizes[..., None]).sum(-2)  # expansion totals, (..., 4)
-    unlabelled = (labelled == 0) & (sizes > 0)  # a stratum the estimate cannot see
-    tail = (1 - confidence) / 2
-    out = {}
-    for name, denominator, bad in (("precision", _PREDICTED, FP), ("recall", _POSITIVE, FN)):
-        # Clopper-Pearson's bracketing, cell by cell: the lower bound from a posterior
-        # with prior 1 on the cell that lowers the ratio and 0 on TP, the upper bound
-        # the other way round; 1/2 on the cells outside the ratio.
-        low_prior, high_prior = np.full(4, 0.5), np.full(4, 0.5)
-        low_prior[[TP, bad]], high_prior[[TP, bad]] = (0.0, 1.0), (1.0, 0.0)
-        low_draws = ratio(totals(low_prior), denominator)
-        high_draws = ratio(totals(high_prior), denominator)
-        low = np.quantile(low_draws, tail, axis=0)
-        high = np.quantile(high_draws, 1 - tail, axis=0)
-        est = ratio(point, denominator)
-        # A stratum without labels that can hold cells of this ratio: only the prior
-        # speaks for it, and the posteriors' median is the estimate.
-        matters = unlabelled & possible[..., denominator].any(-1)
-        blind = matters.any(-1)
-        if blind.any():
-            median = (np.median(low_draws, axis=0) + np.median(high_draws, axis=0)) / 2
-            est = np.where(blind, median, est)
-        support = counts[..., denominator].sum((-1, -2)) > 0
-        none = ~support | np.isnan(est)
-        out[name] = {
-            "estimate": np.where(none, np.nan, est),
-            "low": np.where(none, np.nan, np.fmin(low, est)),
-            "high": np.where(none, np.nan, np.fmax(high, est)),
-            "posterior": blind,
-        }
     return out
 
 
@@ -297,8 +226,9 @@ def for_run(output: str, labels_uri: str, confidence: float = 0.95,
     """The estimate of run OUT from the labels at `labels_uri`: estimate() at the
     night's threshold (or `threshold`), its curve, the stop rule. With `write`, stored in
     OUT/estimate.json and shown in OUT/report.html's "Measured by people" section."""
+    from model import labels
     from model.storage import join
-    from pipeline import labels, report
+    from pipeline import report
     from pipeline.io import read_summary, write_json
 
     if not 0 < confidence < 1:

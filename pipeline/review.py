@@ -180,7 +180,7 @@ def label_row(pair: dict, label: int | None, labeller: str,
               now: datetime.datetime | None = None) -> pa.Table:
     """One label as a one-row table of the labels dataset (labels.LABEL_SCHEMA), with
     the pair's texts, score and design columns copied from the sample."""
-    from pipeline import labels
+    from model import labels
 
     if label not in LABEL_NAMES:
         raise ValueError(f"label {label!r}: use 1 (duplicate), 0 (not) or null (unsure)")
@@ -215,13 +215,13 @@ class Review:
         other nights' labels too)."""
         import pyarrow.compute as pc
 
-        from pipeline import labels
+        from model import labels
 
         table = labels.read_labels(self.labels_uri)
         return table.filter(pc.equal(table["run_id"], self.run_id))
 
     def done(self, labeller: str, table: pa.Table | None = None) -> dict:
-        from pipeline import labels
+        from model import labels
 
         table = self._labels() if table is None else table
         return labelled_by(labels.latest(table), labeller)
@@ -229,7 +229,8 @@ class Review:
     def estimate(self, table: pa.Table) -> dict:
         """Tonight's precision so far, from every labeller's labels (estimate.estimate),
         and the stop rule's verdict, as the page shows them."""
-        from pipeline import estimate, labels
+        from model import labels
+        from pipeline import estimate
 
         resolved, disagreements = labels.resolve(table)
         threshold = self.design.get("threshold", self.sample["threshold"][0].as_py())
@@ -280,7 +281,7 @@ class Review:
         return self.state(labeller, previous_pair(self.done(labeller, table), current), table)
 
     def label(self, labeller: str, pair_id: str, label: int | None) -> dict:
-        from pipeline import labels
+        from model import labels
 
         if pair_id not in self.pairs:
             raise ValueError(f"pair_id {pair_id!r} is not in {join(self.out, SAMPLE)}")

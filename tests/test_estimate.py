@@ -15,7 +15,8 @@ import pytest
 from conftest import write_pairs
 from scipy import stats
 
-from pipeline import estimate, labels, sampling
+from model import labels
+from pipeline import estimate, sampling
 from pipeline.cli import main
 
 THRESHOLD, BAND = 0.5, 0.1

@@ -1,4 +1,4 @@
-"""The labels dataset (pipeline/labels.py): append-only Parquet files any pyarrow reads,
+"""The labels dataset (model/labels.py): append-only Parquet files any pyarrow reads,
 latest label per labeller, disagreements, refusals that name the column, row or file,
 and `pairscore labels import|export|info`."""
 
@@ -12,7 +12,8 @@ import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import cli, labels
+from model import labels
+from pipeline import cli
 
 UTC = datetime.UTC
 

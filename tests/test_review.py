@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from pipeline import cli, labels, review
+from model import labels
+from pipeline import cli, review
 from tests.review_sample import PAIRS, RUN_ID, score_strings, write_sample
 
 

@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from pipeline import labels, review
+from model import labels
+from pipeline import review
 from tests.review_sample import RUN_ID, score_strings, write_sample
 
 CHROMIUM = "/usr/bin/chromium"

@@ -5,7 +5,7 @@ every save writes one new file, URI/labels-<UTC yyyymmddTHHMMSSffffffZ>-<labelle
 and no file is ever rewritten, so two people labelling at once lose nothing. Columns:
 `LABEL_SCHEMA` (docs/people.md, "Labels as data").
 
-    from pipeline import labels
+    from model import labels
     path = labels.save_labels("labels/", table)      # one new file
     table = labels.read_labels("labels/")            # every row of every file
     resolved, disagreements = labels.resolve(table)  # one row per pair
