@@ -44,10 +44,14 @@ LABEL_SCHEMA = pa.schema([
     pa.field("stratum", pa.string()),  # null when the pair is not from a sample
     pa.field("inclusion_probability", pa.float64()),  # ditto
     pa.field("stratum_size", pa.int64()),  # ditto
+    # The stratum's score range under the model that drew the sample (the design's low
+    # and high): lets `pairscore threshold` rule out cells a stratum cannot hold. Ditto.
+    pa.field("stratum_low", pa.float64()),
+    pa.field("stratum_high", pa.float64()),
 ])
 # Columns a table may leave out: they are filled with nulls.
 OPTIONAL = ("run_id", "model_fingerprint", "score", "stratum", "inclusion_probability",
-            "stratum_size")
+            "stratum_size", "stratum_low", "stratum_high")
 # Columns that may hold no null.
 NOT_NULL = ("pair_id", "labeller", "labelled_at")
 PATTERN = "labels-*.parquet"

@@ -192,6 +192,7 @@ def label_row(pair: dict, label: int | None, labeller: str,
         "score": pair.get("score"), "stratum": pair.get("stratum"),
         "inclusion_probability": pair.get("inclusion_probability"),
         "stratum_size": pair.get("stratum_size"),
+        "stratum_low": pair.get("stratum_low"), "stratum_high": pair.get("stratum_high"),
     }
     schema = labels.LABEL_SCHEMA
     return pa.table({f.name: pa.array([row.get(f.name)], f.type) for f in schema},
@@ -206,6 +207,10 @@ class Review:
         self.out, self.labels_uri, self.blind = out, labels_uri, blind
         self.sample, self.design = read_sample(out)
         rows = self.sample.to_pylist()
+        strata = self.design.get("strata", {})
+        for r in rows:  # each label carries its stratum's score range (the design's)
+            bounds = strata.get(r.get("stratum")) or {}
+            r["stratum_low"], r["stratum_high"] = bounds.get("low"), bounds.get("high")
         self.pairs = {r["pair_id"]: r for r in rows}
         self.pair_ids = [r["pair_id"] for r in rows]
         self.run_id = rows[0]["run_id"] if rows else self.design.get("run_id")

@@ -93,6 +93,8 @@ def test_api_saves_each_label_resumes_goes_back_and_keeps_labellers_apart(sample
     row = saved.to_pylist()[0]
     assert (row["pair_id"], row["label"], row["run_id"]) == (order[0], 1, RUN_ID)
     assert row["stratum"] and row["inclusion_probability"] > 0 and row["stratum_size"] > 0
+    design = review.read_sample(out)[1]["strata"][row["stratum"]]
+    assert (row["stratum_low"], row["stratum_high"]) == (design["low"], design["high"])
     assert client.get("/api/progress").get_json()["progress"]["unsure"] == 1
 
     # A new server (a restart) resumes at the next unlabelled pair.
