@@ -97,8 +97,10 @@ def train_parser() -> CommandParser:
             kwargs["required"] = True
         p.add_argument("--" + name.replace("_", "-"), help=help, **kwargs)
 
-    option("train", "labelled pairs: Parquet, CSV or TSV")
-    option("validation", "validation pairs (default: hold out 10%% of --train)")
+    option("train", "labelled pairs: Parquet, CSV or TSV, or a labels dataset (URI of "
+           "labels-*.parquet: each pair's resolved label, unsure and disputed pairs left out)")
+    option("validation", "validation pairs, a file or a labels dataset (default: hold out "
+           "10%% of --train)")
     option("output", "model directory to write")
     option("encoder", "the tower both texts go through", action=OneOf,
            allowed=Encoder.values())
@@ -267,7 +269,10 @@ def threshold_parser() -> CommandParser:
                       "confidence bound, and write the model with it.")
     p.add_argument("--model", required=True, help="model directory (local, gs:// or s3://)")
     p.add_argument("--labelled", required=True,
-                   help="labelled pairs (Parquet, CSV or TSV with texts and 0/1 labels)")
+                   help="labelled pairs: Parquet, CSV or TSV with texts and 0/1 labels, or a "
+                   "labels dataset (URI of labels-*.parquet, as pairscore review writes): "
+                   "labels of nights' samples are weighed by their design, and pairs this "
+                   "model scored keep their stored score")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-precision", type=float, metavar="P",
                         help="lower confidence bound of precision at least P; keeps the "

@@ -18,6 +18,62 @@ _PREDICTED = np.array([1, 1, 0, 0], dtype=bool)
 _POSITIVE = np.array([1, 0, 1, 0], dtype=bool)
 
 
+METRICS = {"precision": (_PREDICTED, FP), "recall": (_POSITIVE, FN)}
+
+
+def _prepare(counts, possible, sizes):
+    counts = np.asarray(counts, dtype=float)
+    sizes = np.asarray(sizes, dtype=float)
+    possible = np.asarray(possible, dtype=bool) | (counts > 0)
+    labelled = counts.sum(-1)
+    # A stratum labelled in full is known: no sampling error left to draw.
+    full = (labelled >= sizes) & (labelled > 0)
+    observed = np.divide(counts, labelled[..., None], out=np.zeros_like(counts),
+                         where=labelled[..., None] > 0)
+    return counts, possible, sizes, full, observed
+
+
+def _prior(bad: int, lower: bool) -> np.ndarray:
+    """Clopper-Pearson's bracketing, cell by cell: for the lower bound prior 1 on the cell
+    that lowers the ratio (`bad`) and 0 on TP, for the upper bound the other way round;
+    1/2 on the cells outside the ratio."""
+    prior = np.full(4, 0.5)
+    prior[[TP, bad]] = (0.0, 1.0) if lower else (1.0, 0.0)
+    return prior
+
+
+def _totals(counts, possible, sizes, full, observed, prior, draws, rng):
+    """Posterior draws of the night's four cell totals: (draws, ..., 4)."""
+    alpha = np.where(possible, counts + prior, 0.0)
+    gam = rng.standard_gamma(np.broadcast_to(alpha, (draws, *alpha.shape)))
+    total = gam.sum(-1, keepdims=True)
+    share = np.divide(gam, total, out=np.zeros_like(gam), where=total > 0)
+    share = np.where(full[..., None], observed, share)
+    return (share * sizes[..., None]).sum(-2)
+
+
+def _ratio(cells, denominator):
+    num, den = cells[..., TP], cells[..., denominator].sum(-1)
+    return np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
+
+
+def lower_bound(counts, possible, sizes, metric: str, confidence: float = 0.95,
+                draws: int = DRAWS, seed: int = SEED) -> np.ndarray:
+    """The one-sided lower bound at `confidence` of precision or recall (`metric`), the
+    lower end of `intervals_from_counts`' interval at 2 * confidence - 1 (the same
+    posterior draws, the 1 - confidence quantile), vectorised over the leading axes of
+    `counts` (..., H, 4). 0 where there is no figure (nothing predicted, no duplicate)."""
+    denominator, bad = METRICS[metric]
+    counts, possible, sizes, full, observed = _prepare(counts, possible, sizes)
+    rng = np.random.default_rng(seed)
+    cells = _totals(counts, possible, sizes, full, observed, _prior(bad, lower=True),
+                    draws, rng)
+    low = np.quantile(_ratio(cells, denominator), 1 - confidence, axis=0)
+    est = _ratio((observed * sizes[..., None]).sum(-2), denominator)
+    support = counts[..., denominator].sum((-1, -2)) > 0
+    return np.where(support & ~np.isnan(est), np.fmin(np.nan_to_num(low), est), 0.0)
+
+
 def intervals_from_counts(counts, possible, sizes, confidence: float = 0.95,
                           draws: int = DRAWS, seed: int = SEED) -> dict[str, dict]:
     """The estimates and intervals from cell counts, vectorised over nights.
@@ -29,44 +85,23 @@ def intervals_from_counts(counts, possible, sizes, confidence: float = 0.95,
     shape (...) (NaN where there is no figure: no labelled predicted duplicate for
     precision, no labelled duplicate for recall), and "posterior" marks where a stratum
     without labels made the posterior median the estimate."""
-    counts = np.asarray(counts, dtype=float)
-    sizes = np.asarray(sizes, dtype=float)
-    possible = np.asarray(possible, dtype=bool) | (counts > 0)
+    counts, possible, sizes, full, observed = _prepare(counts, possible, sizes)
     labelled = counts.sum(-1)  # (..., H)
     rng = np.random.default_rng(seed)
-    # A stratum labelled in full is known: no sampling error left to draw.
-    full = (labelled >= sizes) & (labelled > 0)
-    observed = np.divide(counts, labelled[..., None], out=np.zeros_like(counts),
-                         where=labelled[..., None] > 0)
 
     def totals(prior):
-        """Posterior draws of the night's four cell totals: (draws, ..., 4)."""
-        alpha = np.where(possible, counts + prior, 0.0)
-        gam = rng.standard_gamma(np.broadcast_to(alpha, (draws, *alpha.shape)))
-        total = gam.sum(-1, keepdims=True)
-        share = np.divide(gam, total, out=np.zeros_like(gam), where=total > 0)
-        share = np.where(full[..., None], observed, share)
-        return (share * sizes[..., None]).sum(-2)
-
-    def ratio(cells, denominator):
-        num, den = cells[..., TP], cells[..., denominator].sum(-1)
-        return np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
+        return _totals(counts, possible, sizes, full, observed, prior, draws, rng)
 
     point = (observed * sizes[..., None]).sum(-2)  # expansion totals, (..., 4)
     unlabelled = (labelled == 0) & (sizes > 0)  # a stratum the estimate cannot see
     tail = (1 - confidence) / 2
     out = {}
-    for name, denominator, bad in (("precision", _PREDICTED, FP), ("recall", _POSITIVE, FN)):
-        # Clopper-Pearson's bracketing, cell by cell: the lower bound from a posterior
-        # with prior 1 on the cell that lowers the ratio and 0 on TP, the upper bound
-        # the other way round; 1/2 on the cells outside the ratio.
-        low_prior, high_prior = np.full(4, 0.5), np.full(4, 0.5)
-        low_prior[[TP, bad]], high_prior[[TP, bad]] = (0.0, 1.0), (1.0, 0.0)
-        low_draws = ratio(totals(low_prior), denominator)
-        high_draws = ratio(totals(high_prior), denominator)
+    for name, (denominator, bad) in METRICS.items():
+        low_draws = _ratio(totals(_prior(bad, lower=True)), denominator)
+        high_draws = _ratio(totals(_prior(bad, lower=False)), denominator)
         low = np.quantile(low_draws, tail, axis=0)
         high = np.quantile(high_draws, 1 - tail, axis=0)
-        est = ratio(point, denominator)
+        est = _ratio(point, denominator)
         # A stratum without labels that can hold cells of this ratio: only the prior
         # speaks for it, and the posteriors' median is the estimate.
         matters = unlabelled & possible[..., denominator].any(-1)

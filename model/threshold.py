@@ -41,6 +41,8 @@ import math
 
 import numpy as np
 
+from model import stratified
+
 BOUND = "clopper-pearson (exact binomial), one-sided lower bound"
 # Precision's sequence starts at the first cut keeping this share of the labelled pairs
 # (or the fewest predicted duplicates a perfect model needs, if more): a threshold kept
@@ -104,6 +106,9 @@ class ThresholdChoice:
     recall_interval: list[float]
     data: str = ""
     data_fingerprint: str = ""
+    # Labels of nights' samples (a labels dataset): the strata, their sizes and labels,
+    # the estimator; and, for any labels dataset, the pairs left out and re-scored.
+    labels: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -227,6 +232,141 @@ def _best_message(unreachable, bound, tp, trials, cut, best, metric, count, need
             f"{cut[best]:.6g}; even a perfect model needs at least {need} {count}")
 
 
+STRATIFIED_BOUND = ("stratified Clopper-Pearson-type one-sided lower bound (model/stratified.py): "
+                    "each labelled pair of stratum h weighs N_h / m_h, N_h the stratum's pairs "
+                    "that night, m_h its labelled pairs")
+STRATIFIED_PROCEDURES = {
+    "precision": PROCEDURES["precision"],
+    "recall": "fixed-sequence testing: every cut from the lowest threshold up, each at level "
+              "{alpha:g}, stopping at the first failure; the highest that passed",
+}
+_CHUNK = 8  # cuts whose stratified bounds are drawn at once (draws x cuts x strata x 4)
+
+
+@dataclasses.dataclass
+class Design:
+    """Where labels of nights' samples came from: each labelled pair's stratum (an index
+    into `names`, one per (run_id, stratum)), each stratum's size N_h, and the score
+    range its pairs have under the model being thresholded (None: not known, when the
+    sample was drawn by another model: then every cell may occur in it)."""
+
+    strata: np.ndarray
+    names: list[str]
+    sizes: np.ndarray
+    ranges: list[tuple[float, float] | None]
+
+
+def _stratified_cuts(scores, labels, design: Design):
+    """Per cut (each distinct score, highest first): the cut score, the threshold that
+    would be written (midway to the next lower score), the cell counts (cuts, H, 4) of
+    the labelled pairs and the cells each stratum can hold there (cuts, H, 4)."""
+    order = np.argsort(-scores, kind="stable")
+    s, y, h = scores[order], labels[order], design.strata[order]
+    idx = np.flatnonzero(np.append(s[1:] != s[:-1], True))
+    one_hot = np.zeros((len(s), len(design.names)))
+    one_hot[np.arange(len(s)), h] = 1.0
+    predicted = np.cumsum(one_hot, 0)[idx]
+    tp = np.cumsum(one_hot * y[:, None], 0)[idx]
+    positives, labelled = (one_hot * y[:, None]).sum(0), one_hot.sum(0)
+    fp = predicted - tp
+    counts = np.stack([tp, fp, positives - tp, labelled - positives - fp], -1)
+    cut = s[idx]
+    lower = np.append(cut[1:], cut[-1] - 1e-6)
+    threshold = np.clip((cut + lower) / 2, 0.0, 1.0)
+    possible = np.ones(counts.shape, dtype=bool)
+    for j, r in enumerate(design.ranges):
+        if r is None:
+            continue
+        low, high = r
+        above, below = high >= threshold, low < threshold
+        possible[:, j] = np.stack([above, above, below, below], -1)
+    return cut, threshold, counts, possible
+
+
+def choose_threshold_stratified(scores, labels, design: Design, metric: str, target: float,
+                                confidence: float = 0.95, draws: int = stratified.DRAWS,
+                                start_share: float = START_SHARE) -> ThresholdChoice:
+    """choose_threshold for labels of a stratified sample: the same fixed-sequence
+    search (precision from the highest cut down, recall from the lowest up), each test
+    the stratified lower bound at the full 1 - confidence (model/stratified.py), so the
+    claim holds for the nights the samples were drawn from, not for the labelled pairs
+    alone. Raises ThresholdError when no cut passes."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target {target} must be in (0, 1)")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"--confidence {confidence} must be in (0, 1)")
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    n, positives = len(scores), int(labels.sum())
+    if n == 0 or positives == 0:
+        raise ThresholdError(f"{n} labelled pairs with {positives} duplicates: nothing to "
+                             f"bound {metric} with")
+    cut, threshold, counts, possible = _stratified_cuts(scores, labels, design)
+    sizes = design.sizes.astype(float)
+    need = perfect_model_needs(target, confidence)
+    first = max(need, math.ceil(start_share * n))
+    procedure = STRATIFIED_PROCEDURES[metric].format(start=first, alpha=1 - confidence)
+
+    def bounds(sel):
+        return stratified.lower_bound(counts[sel], possible[sel],
+                                      np.broadcast_to(sizes, (len(sel), len(sizes))),
+                                      metric, confidence, draws)
+
+    predicted = counts[..., [stratified.TP, stratified.FP]].sum((-1, -2))
+    if metric == "precision":
+        sequence = np.arange(int(np.searchsorted(predicted, first)), len(cut))
+    else:
+        sequence = np.arange(len(cut) - 1, -1, -1)
+    passed = []
+    for i in range(0, len(sequence), _CHUNK):
+        sel = sequence[i:i + _CHUNK]
+        ok = bounds(sel) >= target
+        passed.extend(sel[:np.argmin(ok)] if not ok.all() else sel)
+        if not ok.all():
+            break
+    tested = min(len(passed) + 1, len(sequence))
+    unreachable = (f"no threshold reaches a {confidence:g} stratified lower bound of {metric} "
+                   f">= {target:g} on {n} labelled pairs ({positives} duplicates) from "
+                   f"{len(design.names)} strata")
+    if not passed:
+        if not len(sequence):
+            raise ThresholdError(f"{unreachable}: fewer than {first} labelled pairs")
+        j = int(sequence[0])
+        b = float(bounds(np.array([j]))[0])
+        raise ThresholdError(f"{unreachable} by {procedure}: the first cut tested, threshold "
+                             f"{threshold[j]:.6g}, has a bound of {b:.4f}; label more pairs "
+                             "of the strata near the cuts, or lower the target")
+    # Precision: the most recall (the lowest threshold that passed); recall: the most
+    # precision (the highest that passed). Both are the last cut the sequence passed.
+    pick = int(passed[-1])
+    bound_pick = float(bounds(np.array([pick]))[0])
+    figures = stratified.intervals_from_counts(counts[pick], possible[pick], sizes,
+                                               confidence, draws)
+    pp = int(predicted[pick])
+
+    def figure(name):
+        f = figures[name]
+        return (round(float(f["estimate"]), 6),
+                [round(float(f["low"]), 6), round(float(f["high"]), 6)])
+
+    precision, precision_interval = figure("precision")
+    recall, recall_interval = figure("recall")
+    labelled = counts[0].sum(-1)
+    return ThresholdChoice(
+        threshold=float(threshold[pick]), metric=metric, target=target,
+        confidence=confidence, bound=STRATIFIED_BOUND, procedure=procedure,
+        tested=int(tested), lower_bound=round(bound_pick, 6), n=n, positives=positives,
+        predicted=pp, precision=precision, precision_interval=precision_interval,
+        recall=recall, recall_interval=recall_interval,
+        labels={"estimator": "stratified ratio of expansion (Horvitz-Thompson) totals",
+                "strata": {name: {"size": int(sizes[j]), "labelled": int(labelled[j]),
+                                  "range": design.ranges[j] and list(design.ranges[j])}
+                           for j, name in enumerate(design.names)}},
+    )
+
+
 def write_with_threshold(model_dir: str, output: str, choice: ThresholdChoice) -> None:
     """Copy `model_dir` to `output` (any Beam filesystem), every file unchanged but
     pairscore.json, whose threshold and threshold_choice record are the new ones."""
@@ -256,20 +396,98 @@ def write_with_threshold(model_dir: str, output: str, choice: ThresholdChoice) -
         f.write((meta.to_json() + "\n").encode())
 
 
+def design_of(provenance, fingerprint: str) -> tuple[Design | None, np.ndarray]:
+    """The design of labels from nights' samples (a labels dataset's columns, row for
+    row), and which rows it covers: the rows with a stratum, a stratum size and an
+    inclusion probability. Strata are (run_id, stratum): each night's sample is its own
+    stratified design. A stratum's score range counts only when the model that drew the
+    sample (its rows' model_fingerprint) is `fingerprint`. (None, all False) when no row
+    is from a sample."""
+    cols = {c: provenance[c].to_pylist() for c in
+            ("run_id", "stratum", "stratum_size", "inclusion_probability",
+             "model_fingerprint", "stratum_low", "stratum_high")}
+    rows = np.array([st is not None and size is not None and p is not None
+                     for st, size, p in zip(cols["stratum"], cols["stratum_size"],
+                                            cols["inclusion_probability"])], dtype=bool)
+    if not rows.any():
+        return None, rows
+    names, index, sizes, ranges = [], {}, [], []
+    strata = np.zeros(int(rows.sum()), dtype=np.int64)
+    for k, i in enumerate(np.flatnonzero(rows)):
+        key = f"{cols['run_id'][i]}/{cols['stratum'][i]}"
+        size = int(cols["stratum_size"][i])
+        low, high = cols["stratum_low"][i], cols["stratum_high"][i]
+        known = (cols["model_fingerprint"][i] == fingerprint and low is not None
+                 and high is not None)
+        r = (float(low), float(high)) if known else None
+        if key not in index:
+            index[key] = len(names)
+            names.append(key)
+            sizes.append(size)
+            ranges.append(r)
+        j = index[key]
+        if sizes[j] != size:
+            raise ThresholdError(f"stratum {key}: labels disagree on its size ({sizes[j]} and "
+                                 f"{size}): are two samples' labels mixed under one run id?")
+        if ranges[j] != r:
+            ranges[j] = None  # rows that disagree on the range: assume nothing
+        strata[k] = j
+    return Design(strata, names, np.array(sizes), ranges), rows
+
+
+def labelled_scores(pairs, md, batch_size: int = 64) -> tuple[np.ndarray, int]:
+    """The model's scores of labelled pairs and how many had to be computed: a labels
+    dataset's stored `score` where its `model_fingerprint` is this model's, the model
+    (loaded only then) for the rest, and for a file of pairs all of them."""
+    from model.predict import Scorer
+
+    n = len(pairs)
+    scores = np.full(n, np.nan)
+    if pairs.provenance is not None:
+        stored = pairs.provenance["score"].to_numpy(zero_copy_only=False).astype(np.float64)
+        same = np.array([f == md.metadata.fingerprint for f in
+                         pairs.provenance["model_fingerprint"].to_pylist()], dtype=bool)
+        reuse = same & ~np.isnan(stored)
+        scores[reuse] = stored[reuse]
+    todo = np.flatnonzero(np.isnan(scores))
+    if len(todo):
+        scorer = Scorer(md)
+        scores[todo] = scorer.score([pairs.text_a[i] for i in todo],
+                                    [pairs.text_b[i] for i in todo], batch_size=batch_size)
+    return scores, len(todo)
+
+
 def threshold_model(model_dir: str, labelled: str, output: str, metric: str, target: float,
                     confidence: float = 0.95, text_a_column: str = "text_a",
                     text_b_column: str = "text_b", label_column: str = "label",
                     batch_size: int = 64) -> ThresholdChoice:
-    """Score `labelled` with `model_dir`, choose the threshold, write `output`."""
+    """Score `labelled` with `model_dir`, choose the threshold, write `output`.
+
+    `labelled` is a file of pairs or a labels dataset (model/labels.py). From a labels
+    dataset, pairs this model already scored (their model_fingerprint) keep their stored
+    score; labels of nights' samples are weighed by their design
+    (choose_threshold_stratified), and then labels not from a sample are left out (they
+    are no random sample of anything) and counted."""
     from model import data as data_lib
-    from model.predict import Scorer
+    from model.modeldir import ModelDir
 
     pairs = data_lib.read_pairs(labelled, text_a_column, text_b_column, label_column)
     if pairs.labels is None:
         raise ThresholdError(f"{labelled}: needs 0/1 labels in {label_column!r}")
-    scores = Scorer(model_dir).score(pairs.text_a, pairs.text_b, batch_size=batch_size)
-    choice = choose_threshold(scores, pairs.labels, metric, target, confidence)
+    md = ModelDir.open(model_dir)
+    scores, rescored = labelled_scores(pairs, md, batch_size)
+    design, rows = (design_of(pairs.provenance, md.metadata.fingerprint)
+                    if pairs.provenance is not None else (None, None))
+    if design is not None:
+        choice = choose_threshold_stratified(scores[rows], pairs.labels[rows], design, metric,
+                                             target, confidence)
+        choice.labels["left_out"] = {**pairs.left_out, "not_from_a_sample": int((~rows).sum())}
+    else:
+        choice = choose_threshold(scores, pairs.labels, metric, target, confidence)
+        if pairs.provenance is not None:
+            choice.labels = {"left_out": dict(pairs.left_out)}
+    if choice.labels is not None:
+        choice.labels.update(rescored=rescored, stored_scores=len(pairs) - rescored)
     choice.data, choice.data_fingerprint = labelled, data_lib.fingerprint(pairs)
     write_with_threshold(model_dir, output, choice)
     return choice
-

@@ -29,6 +29,7 @@ import sys
 import time
 
 import numpy as np
+import pyarrow as pa
 
 from model import data as data_lib
 from model import glove, metrics, tokenization
@@ -557,10 +558,14 @@ def cross_validate(cfg: TrainConfig, folds: int = 5) -> dict:
         raise ValueError("cross-validation holds out its own folds: drop --validation")
     if folds < 2:
         raise ValueError(f"--cv-folds must be at least 2, got {folds}")
-    table = data_lib.read_table(cfg.train)
     pairs = data_lib.read_pairs(
         cfg.train, cfg.text_a_column, cfg.text_b_column, cfg.label_column, cfg.similarity_column
     )
+    if pairs.provenance is not None:  # a labels dataset: its labelled pairs as one table
+        table = pa.table({cfg.text_a_column: pairs.text_a, cfg.text_b_column: pairs.text_b,
+                          cfg.label_column: pa.array(pairs.labels.astype(np.int8))})
+    else:
+        table = data_lib.read_table(cfg.train)
     if len(pairs) != table.num_rows:
         raise ValueError(f"{cfg.train}: rows with null texts; clean them before cross-validating")
     _, strata = _targets(cfg, pairs, cfg.train)

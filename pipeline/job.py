@@ -180,7 +180,7 @@ def _gate_limits(opts: ScoreOptions) -> dict:
             raise JobError(f"{monitor.GATES_BY_NAME[name].flag} compares with a baseline: "
                            "give --baseline PREVIOUS_OUT (a finished run's output)")
     if limits["min_canary_accuracy"] is not None and not opts.canaries:
-        raise JobError("--min-canary-accuracy needs --canaries FILE (labelled pairs)")
+        raise JobError("--min-canary-accuracy needs --canaries URI (labelled pairs)")
     return {k: v for k, v in limits.items() if v is not None}
 
 

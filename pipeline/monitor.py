@@ -345,12 +345,21 @@ def read_canaries(path: str, schema: pa.Schema, id_column: str,
                   text_columns: tuple[str, str]) -> tuple[pa.Table, list[int]]:
     """The canary file (the training data's schema: text_a, text_b, label 0/1) as a table
     in the job's input schema, ids 0..n-1 in its id column, other columns null; and the
-    labels. Raises JobError naming the file, row or column."""
+    labels. `path` may also be a labels dataset (model/labels.py): its pairs labelled 0 or 1
+    (people's labels as canaries; unsure and disputed pairs are left out). Raises JobError
+    naming the file, row or column."""
+    from model import data
+
     try:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
-            table = pq.read_table(f)
+        if data.is_labels_dataset(path):
+            pairs = data.read_labels_dataset(path)
+            table = pa.table({"text_a": pairs.text_a, "text_b": pairs.text_b,
+                              "label": pa.array(pairs.labels.astype(np.int8))})
+        else:
+            with FileSystems.open(path, compression_type="uncompressed") as f:
+                table = pq.read_table(f)
     except Exception as e:  # noqa: BLE001  (missing file, not Parquet: both name the file)
-        raise JobError(f"--canaries {path}: not a readable Parquet file "
+        raise JobError(f"--canaries {path}: not a readable Parquet file or labels dataset "
                        f"({type(e).__name__}: {e})") from None
     missing = [c for c in CANARY_COLUMNS if c not in table.column_names]
     if missing:

@@ -110,9 +110,10 @@ class ScoreOptions(PipelineOptions):
                             type=float, default=None,
                             help="gate: hold the run back when more than this share of "
                             "rows_in is rejected")
-        parser.add_argument("--canaries", default=None, metavar="FILE",
-                            help="labelled pairs (text_a, text_b, label) scored with the "
-                            "run through the same path; their accuracy and F1 are reported")
+        parser.add_argument("--canaries", default=None, metavar="URI",
+                            help="labelled pairs (a Parquet file of text_a, text_b, label, or "
+                            "a labels dataset) scored with the run through the same path; "
+                            "their accuracy and F1 are reported")
         parser.add_argument("--min-canary-accuracy", "--min_canary_accuracy",
                             dest="min_canary_accuracy", type=float, default=None,
                             help="gate: hold the run back when the canaries' accuracy at "
