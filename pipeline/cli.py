@@ -234,6 +234,18 @@ def _sample(argv: list[str]) -> int:
     return 0
 
 
+def _configure_storage(beam_flags: list[str]) -> None:
+    """The flags a command did not know must be Beam's storage flags (--s3_endpoint_url,
+    ...): they configure the file systems. An unknown one raises JobError naming it."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.options import check_known_flags
+
+    check_known_flags(beam_flags)
+    FileSystems.set_options(PipelineOptions(beam_flags))
+
+
 def store_parser() -> argparse.ArgumentParser:
     p = _parser("pairscore store", "Inspect or compact an embedding store (--embedding-store). "
                 "Beam's storage flags (--s3_endpoint_url, ...) are accepted too.")
@@ -263,18 +275,12 @@ def _store(argv: list[str]) -> int:
     args, beam_flags = store_parser().parse_known_args(argv)
     import json
 
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     from pipeline import store
     from pipeline.io import JobError
-    from pipeline.options import check_known_flags
 
     prog = f"pairscore store {args.action}"
     try:
-        # Beam's storage flags (--s3_endpoint_url, ...) configure the file systems.
-        check_known_flags(beam_flags)
-        FileSystems.set_options(PipelineOptions(beam_flags))
+        _configure_storage(beam_flags)
         if args.action == "info":
             rows = store.info(args.uri)
             if not rows:
@@ -458,17 +464,12 @@ def _labels(argv: list[str]) -> int:
     args, beam_flags = labels_parser().parse_known_args(argv)
     import json
 
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     from model import labels
     from pipeline.io import JobError
-    from pipeline.options import check_known_flags
 
     prog = f"pairscore labels {args.action}"
     try:
-        check_known_flags(beam_flags)
-        FileSystems.set_options(PipelineOptions(beam_flags))
+        _configure_storage(beam_flags)
         if args.action == "import":
             print(_labels_import(args))
         elif args.action == "export":
@@ -513,16 +514,11 @@ def _estimate(argv: list[str]) -> int:
     args, beam_flags = estimate_parser().parse_known_args(argv)
     import json
 
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     from pipeline import estimate
     from pipeline.io import JobError
-    from pipeline.options import check_known_flags
 
     try:
-        check_known_flags(beam_flags)
-        FileSystems.set_options(PipelineOptions(beam_flags))
+        _configure_storage(beam_flags)
         result = estimate.for_run(args.output, args.labels, args.confidence, args.threshold)
     except (JobError, ValueError, OSError) as e:
         print(f"pairscore estimate: error: {e}", file=sys.stderr)
