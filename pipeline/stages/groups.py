@@ -273,13 +273,16 @@ class Groups(beam.PTransform):
                   | "MergesPerTable" >> beam.Map(
                       lambda t: sum(1 for c in t["change"].to_pylist() if c == groups.MERGE))
                   | "Merges" >> beam.CombineGlobally(sum))
-        counts_all = (
-            [c | f"TagRound{i}" >> beam.Map(lambda n, i=i: (i, n))
-             for i, c in enumerate(counts)]
-            | "RoundCounts" >> beam.Flatten()
-            | "AllCounts" >> beam.combiners.ToList()
-            | "Ordered" >> beam.Map(lambda kv: [n for _, n in sorted(kv)])
-        )
+        if counts:
+            counts_all = (
+                [c | f"TagRound{i}" >> beam.Map(lambda n, i=i: (i, n))
+                 for i, c in enumerate(counts)]
+                | "RoundCounts" >> beam.Flatten()
+                | "AllCounts" >> beam.combiners.ToList()
+                | "Ordered" >> beam.Map(lambda kv: [n for _, n in sorted(kv)])
+            )
+        else:
+            counts_all = p | "NoRounds" >> beam.Create([[]])
         side = beam.pvalue
         stats = parts | "Stats" >> beam.Map(
             _stats, new=side.AsSingleton(out["new"]), merges=side.AsSingleton(merges),
