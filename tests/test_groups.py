@@ -216,3 +216,148 @@ def test_large_graph_has_the_components_built_in():
     stats = groups.group_stats(groups.connected_groups(left, right)).to_dict()
     assert stats["groups"] == 3 and stats["records"] == 1000 + 300 + 30
     assert stats["largest"] == {"group_id": 0, "size": 1000}
+
+
+# --- both paths, and ids carried ----------------------------------------------------------
+
+
+def _rounds_in_memory(edges, bound, rounds=groups.ROUNDS):
+    """The distributed path's plain functions in the order Components runs them, one
+    bucket: node -> root, and the rounds taken."""
+    current = groups.drop_loops(edges)
+    hooks = []
+    while current.num_rows > bound and len(hooks) < rounds:
+        parents = groups.combine_hooks([groups.hook(current)])
+        e = current.set_column(0, "left", groups.relabel(current["left"], parents))
+        e = e.set_column(1, "right", groups.relabel(e["right"], parents))
+        hooks.append(parents)
+        current = groups.drop_loops(e)
+    roots = groups.finish([current], edges.schema.field("left").type)
+    for parents in reversed(hooks):
+        roots = groups.resolve(parents, roots)
+    return dict(zip(roots["node"].to_pylist(), roots["root"].to_pylist())), len(hooks)
+
+
+def _partition(mapping):
+    members = {}
+    for x, r in mapping.items():
+        members.setdefault(r, set()).add(x)
+    return sorted(sorted(m) for m in members.values())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(-20, 60), st.integers(-20, 60)), max_size=150),
+       st.integers(0, 10))
+def test_the_rounds_equal_an_independent_union_find(edges, bound):
+    table = groups.edge_table(pa.array([a for a, _ in edges], pa.int64()),
+                              pa.array([b for _, b in edges], pa.int64()))
+    got, _ = _rounds_in_memory(table, bound)
+    truth = _union_find(edges)
+    assert _partition(got) == _partition({x: g for x, (g, _) in truth.items()})
+
+
+def test_a_long_sorted_chain_needs_few_rounds():
+    """A chain in id order is the worst case of min-label propagation (a round per link);
+    hash-order hooking halves it about every round."""
+    n = 20_000
+    table = groups.edge_table(pa.array(range(n - 1)), pa.array(range(1, n)))
+    got, rounds = _rounds_in_memory(table, bound=100)
+    assert set(got.values()) == {got[0]} and len(got) == n
+    assert rounds <= 10
+
+
+def _graph_mix(seed=0):
+    rng = np.random.default_rng(seed)
+    edges = [(i, i + 1) for i in range(0, 400)]  # a chain
+    edges += [(1000, 1000 + k) for k in range(1, 60)]  # a star
+    edges += [(a, b) for a in range(2000, 2012) for b in range(2000, 2012) if a < b]  # clique
+    edges += [(3000 + 2 * k, 3001 + 2 * k) for k in range(150)]  # many tiny ones
+    edges += [tuple(int(x) for x in rng.integers(5000, 5400, 2)) for _ in range(300)]
+    order = rng.permutation(len(edges))
+    return [edges[i] for i in order]
+
+
+def _beam_groups(tmp_path, edges, bound, buckets, rounds, previous=None, first_id=1,
+                 run_id="r1"):
+    """OUT/groups/ tables and the group changes from a real Beam pipeline of the stages."""
+    import apache_beam as beam
+    from apache_beam.io.parquetio import WriteToParquetBatched
+
+    from pipeline.stages.groups import Components, GroupIds
+
+    table = groups.edge_table(pa.array([a for a, _ in edges], pa.int64()),
+                              pa.array([b for _, b in edges], pa.int64()))
+    if previous is not None:  # as Groups joins them: each earlier group's records chained
+        table = pa.concat_tables([table, groups.membership_edges(previous)])
+    out = tmp_path / f"run-{bound}-{run_id}"
+    with beam.Pipeline(job.FNAPI) as p:
+        halves = [table.slice(0, table.num_rows // 2), table.slice(table.num_rows // 2)]
+        roots, counts = p | "Edges" >> beam.Create(halves) | Components(bound, buckets, pa.int64(),
+                                                             rounds)
+        prev = p | "Prev" >> beam.Create([previous] if previous is not None else [])
+        res = {"roots": roots, "previous": prev} | GroupIds(run_id, first_id, buckets,
+                                                            pa.int64())
+        res["groups"] | WriteToParquetBatched(str(out / "groups" / "part"),
+                                              schema=groups.group_schema(pa.int64()))
+        res["changes"] | "WC" >> WriteToParquetBatched(str(out / "changes" / "part"),
+                                                       schema=groups.CHANGE_SCHEMA)
+        ([c | f"T{i}" >> beam.Map(lambda n, i=i: pa.table({"i": [i], "n": [n]}))
+          for i, c in enumerate(counts)] or [p | "NoCounts" >> beam.Create([pa.table({"i": [0], "n": [0]})])]
+         ) | "F" >> beam.Flatten() | "WN" >> WriteToParquetBatched(
+            str(out / "counts" / "part"), schema=pa.schema([("i", pa.int64()), ("n", pa.int64())]))
+    read = {k: pq.read_table(out / k) for k in ("groups", "changes", "counts")}
+    return read["groups"].sort_by("record_id"), read["changes"], read["counts"].sort_by("i")
+
+
+def test_both_paths_give_identical_groups_equal_to_a_union_find(tmp_path):
+    edges = _graph_mix()
+    one, one_changes, _ = _beam_groups(tmp_path, edges, bound=10**6, buckets=1, rounds=0)
+    dist, dist_changes, counts = _beam_groups(tmp_path, edges, bound=40, buckets=5, rounds=5)
+    assert counts["n"][0].as_py() == len(set(map(tuple, map(sorted, edges))))
+    assert sum(n > 40 for n in counts["n"].to_pylist()) >= 2  # the rounds ran
+    assert one.equals(dist)  # ids too
+    assert one_changes.sort_by("group_id").equals(dist_changes.sort_by("group_id"))
+    truth = _union_find(edges)
+    got = dict(zip(one["record_id"].to_pylist(), one["group_id"].to_pylist()))
+    assert _partition(got) == _partition({x: g for x, (g, _) in truth.items()})
+    assert sorted(set(got.values())) == list(range(1, len(set(got.values())) + 1))
+
+
+def test_ids_kept_merged_by_size_and_minted_anew(tmp_path):
+    """The id rule, night 2 over night 1's groups: a group that only gains records keeps
+    its id; merged groups keep the largest's id (ties: the oldest, then the smallest);
+    a new group takes the next unused id."""
+    previous = pa.table({
+        "record_id": pa.array([1, 2, 3, 10, 11, 20, 21, 30, 31, 40, 41], pa.int64()),
+        "group_id": pa.array([7, 7, 7, 8, 8, 9, 9, 12, 12, 5, 5], pa.int64()),
+        "group_size": pa.array([3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2], pa.int64()),
+        "group_created": ["n1", "n1", "n1", "n1", "n1", "n2", "n2", "n1", "n1", "n1", "n1"]})
+    tonight = [(3, 4),  # 7 gains 4
+               (2, 10),  # 7 (3 records) absorbs 8 (2)
+               (21, 31), (31, 41)]  # 9 (n2), 12 and 5 (n1) tie on size: the oldest, smallest: 5
+    tonight += [(100, 101)]  # new
+    got, changes, _ = _beam_groups(tmp_path, tonight, 10**6, 1, 0, previous, first_id=13,
+                                   run_id="n3")
+    ids = dict(zip(got["record_id"].to_pylist(), got["group_id"].to_pylist()))
+    assert {r: ids[r] for r in (1, 2, 3, 4, 10, 11)} == dict.fromkeys((1, 2, 3, 4, 10, 11), 7)
+    assert {ids[r] for r in (20, 21, 30, 31, 40, 41)} == {5}
+    assert ids[100] == ids[101] == 13
+    rows = sorted((c["change"], c["group_id"], c["old_group_id"], c["run_id"])
+                  for c in changes.to_pylist())
+    assert rows == [("merge", 5, 9, "n3"), ("merge", 5, 12, "n3"), ("merge", 7, 8, "n3"),
+                    ("new", 13, None, "n3")]
+    created = dict(zip(got["record_id"].to_pylist(), got["group_created"].to_pylist()))
+    assert created[4] == "n1" and created[100] == "n3"
+
+
+@pytest.mark.slow
+def test_a_chain_of_20000_and_random_graphs_on_the_distributed_path(tmp_path):
+    rng = np.random.default_rng(1)
+    ids = rng.permutation(20_000)
+    edges = [(int(a), int(b)) for a, b in zip(ids[:-1], ids[1:])]
+    edges += [(30_000 + int(a), 30_000 + int(b)) for a, b in rng.integers(0, 3000, (2000, 2))]
+    got, _, counts = _beam_groups(tmp_path, edges, bound=200, buckets=8, rounds=groups.ROUNDS)
+    truth = _union_find(edges)
+    mine = dict(zip(got["record_id"].to_pylist(), got["group_id"].to_pylist()))
+    assert _partition(mine) == _partition({x: g for x, (g, _) in truth.items()})
+    assert counts["n"].to_pylist()[-1] <= 200  # finished on one worker within the rounds
