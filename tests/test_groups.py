@@ -361,3 +361,74 @@ def test_a_chain_of_20000_and_random_graphs_on_the_distributed_path(tmp_path):
     mine = dict(zip(got["record_id"].to_pylist(), got["group_id"].to_pylist()))
     assert _partition(mine) == _partition({x: g for x, (g, _) in truth.items()})
     assert counts["n"].to_pylist()[-1] <= 200  # finished on one worker within the rounds
+
+
+def test_two_nights_carry_groups_and_list_their_changes(tmp_path, bilstm_model):
+    """Night 1: {10, 11, 12} and {30, 31}. Night 2 scores (12, 13) and (31, 10) only, and
+    (50, 51): 13 joins the first group through its old membership, the two old groups
+    merge under the larger one's id, and {50, 51} is new with an id never used."""
+    night1, night2 = tmp_path / "n1.parquet", tmp_path / "n2.parquet"
+    _write(night1, [("p1", 10, 11, SAME, SAME), ("p2", 11, 12, SAME, SAME),
+                    ("p3", 30, 31, SAME, SAME)])
+    _write(night2, [("q1", 12, 13, SAME, SAME), ("q2", 31, 10, SAME, SAME),
+                    ("q3", 50, 51, SAME, SAME)])
+    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    base = ["--model", bilstm_model, "--group-by", "left_id,right_id", "--threshold", "0.0"]
+    job.run(["--input", str(night1), "--output", str(out1), *base])
+    first = _as_dict(pq.read_table(out1 / "groups"))
+    big = first[10][0]
+    r2 = job.run(["--input", str(night2), "--output", str(out2), *base,
+                  "--groups-from", str(out1)])
+    got = _as_dict(pq.read_table(out2 / "groups"))
+    assert {r: got[r] for r in (10, 11, 12, 13, 30, 31)} == dict.fromkeys(
+        (10, 11, 12, 13, 30, 31), (big, 6))
+    assert got[50] == got[51] == (3, 2)  # ids 1 and 2 were night 1's
+    changes = sorted((c["change"], c["group_id"], c["old_group_id"])
+                     for c in pq.read_table(out2 / "group_changes").to_pylist())
+    assert changes == [("merge", big, first[30][0]), ("new", 3, None)]
+    g = r2.summary["groups"]
+    assert (g["groups"], g["records"], g["merges"], g["new_groups"], g["last_group_id"]) == (
+        2, 8, 1, 1, 3)
+    assert g["groups_from"] == str(out1)
+
+
+def test_groups_from_errors_name_the_flag(tmp_path, bilstm_model):
+    src = tmp_path / "pairs.parquet"
+    _write(src, [("p1", 1, 2, SAME, SAME)])
+    base = ["--input", str(src), "--model", bilstm_model, "--group-by", "left_id,right_id"]
+    with pytest.raises(JobError, match="--groups-from .*nowhere: no summary.json"):
+        job.run([*base, "--output", str(tmp_path / "o"), "--groups-from",
+                 str(tmp_path / "nowhere")])
+    plain = tmp_path / "plain"
+    job.run(["--input", str(src), "--model", bilstm_model, "--output", str(plain)])
+    with pytest.raises(JobError, match="--groups-from .*wrote no groups"):
+        job.run([*base, "--output", str(tmp_path / "o"), "--groups-from", str(plain)])
+    summary = json.loads((plain / "summary.json").read_text())
+    (plain / "summary.json").write_text(json.dumps({**summary, "status": "gated"}))
+    with pytest.raises(JobError, match="--groups-from .*not published"):
+        job.run([*base, "--output", str(tmp_path / "o"), "--groups-from", str(plain)])
+    with pytest.raises(JobError, match="--groups-from carries groups: give --group-by"):
+        job.run(["--input", str(src), "--model", bilstm_model, "--output",
+                 str(tmp_path / "o"), "--groups-from", str(plain)])
+    with pytest.raises(JobError, match="unknown flag --groups-one-worker-max-edge;"):
+        job.run([*base, "--output", str(tmp_path / "o"),
+                 "--groups-one-worker-max-edge", "5"])
+
+
+@pytest.mark.slow
+def test_the_job_takes_the_distributed_path_below_the_bound(tmp_path, bilstm_model):
+    src = tmp_path / "pairs.parquet"
+    rows = [(f"p{i}", i, i + 1, SAME, SAME) for i in range(40)]
+    rows += [(f"s{i}", 100, 101 + i, SAME, SAME) for i in range(10)]
+    _write(src, rows)
+    base = ["--input", str(src), "--model", bilstm_model, "--group-by", "left_id,right_id",
+            "--threshold", "0.0"]
+    one = job.run([*base, "--output", str(tmp_path / "one")])
+    dist = job.run([*base, "--output", str(tmp_path / "dist"),
+                    "--groups-one-worker-max-edges", "8"])
+    assert one.summary["groups"]["path"] == "one-worker"
+    assert dist.summary["groups"]["path"] == "distributed"
+    assert dist.summary["groups"]["rounds"] >= 1
+    assert pq.read_table(tmp_path / "one" / "groups").sort_by("record_id").drop_columns(
+        ["group_created"]).equals(pq.read_table(tmp_path / "dist" / "groups").sort_by(
+            "record_id").drop_columns(["group_created"]))
