@@ -301,10 +301,13 @@ def _beam_groups(tmp_path, edges, bound, buckets, rounds, previous=None, first_i
                                               schema=groups.group_schema(pa.int64()))
         res["changes"] | "WC" >> WriteToParquetBatched(str(out / "changes" / "part"),
                                                        schema=groups.CHANGE_SCHEMA)
-        ([c | f"T{i}" >> beam.Map(lambda n, i=i: pa.table({"i": [i], "n": [n]}))
-          for i, c in enumerate(counts)] or [p | "NoCounts" >> beam.Create([pa.table({"i": [0], "n": [0]})])]
-         ) | "F" >> beam.Flatten() | "WN" >> WriteToParquetBatched(
-            str(out / "counts" / "part"), schema=pa.schema([("i", pa.int64()), ("n", pa.int64())]))
+        none = [p | "NoCounts" >> beam.Create([pa.table({"i": [0], "n": [0]})])] if not (
+            counts) else []
+        tagged = [c | f"T{i}" >> beam.Map(lambda n, i=i: pa.table({"i": [i], "n": [n]}))
+                  for i, c in enumerate(counts)]
+        (tagged or none) | "F" >> beam.Flatten() | "WN" >> WriteToParquetBatched(
+            str(out / "counts" / "part"),
+            schema=pa.schema([("i", pa.int64()), ("n", pa.int64())]))
     read = {k: pq.read_table(out / k) for k in ("groups", "changes", "counts")}
     return read["groups"].sort_by("record_id"), read["changes"], read["counts"].sort_by("i")
 
