@@ -1,13 +1,19 @@
-"""Duplicate groups at scale: connected components of 1M and 10M duplicate edges.
+"""Duplicate groups at scale: connected components of 1M and 10M duplicate edges, on
+both paths.
 
-    .venv/bin/python bench/groups.py [--edges 1000000,10000000]
+    .venv/bin/python bench/groups.py [--edges 1000000,10000000] [--paths one-worker,distributed]
 
 Synthetic graphs with known components, shuffled: chains of 50 records, stars of 100,
 cliques of 10 (45 edges each), and random edges among their own records (component count
 not known in advance, so only the others are checked). Each size runs in a fresh process
 (`pipeline.groups.connected_groups` then `group_stats`, what the Groups stage does on its
-one worker), measuring wall and CPU seconds and peak RSS. Figures: per-edge time and
-memory of the larger run over the smaller, in the same invocation.
+one worker), measuring wall and CPU seconds and peak RSS. The distributed path runs the
+job's own stages (`Components` then `GroupIds`) in a Beam pipeline on the in-process
+runner (one worker process: its peak RSS is one worker's), with the one-worker bound at
+a tenth of the edges and one bucket per `edges / 16`, and reports the rounds taken and
+the most edges any bucket held in a round. Figures: per-edge time and memory of the
+larger run over the smaller, and of the distributed path over the one-worker path, in
+the same invocation.
 """
 
 from __future__ import annotations
@@ -84,30 +90,86 @@ def measure(edges: int) -> dict:
     }
 
 
+def measure_distributed(edges: int) -> dict:
+    import apache_beam as beam
+    import pyarrow as pa
+
+    from pipeline import groups
+    from pipeline.handler import NAMESPACE
+    from pipeline.stages.groups import Components, GroupIds
+
+    left, right, _, _ = graph(edges)
+    bound, buckets = max(1, len(left) // 10), 16
+    chunk = 200_000
+    tables = [groups.edge_table(pa.array(left[i:i + chunk]), pa.array(right[i:i + chunk]))
+              for i in range(0, len(left), chunk)]
+    del left, right
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    wall, cpu = time.perf_counter(), time.process_time()
+    p = beam.Pipeline("apache_beam.runners.portability.fn_api_runner.FnApiRunner")
+    roots, counts = p | beam.Create(tables, reshuffle=False) | Components(
+        bound, buckets, pa.int64())
+    out = {"roots": roots, "previous": p | "NoPrevious" >> beam.Create([])} | GroupIds(
+        "bench", 1, buckets, pa.int64())
+    out["groups"] | "Done" >> beam.Map(lambda t: t.num_rows)
+    result = p.run()
+    result.wait_until_finish()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    rounds = {}
+    for c in result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))[
+            "counters"]:
+        name = c.key.metric.name
+        if name.startswith("groups_round"):
+            rounds[name] = rounds.get(name, 0) + (c.committed or c.attempted or 0)
+    return {
+        "edges": edges, "path": "distributed", "bound": bound, "buckets": buckets,
+        "rounds": len([v for v in rounds.values() if v]),
+        "edges_per_round": [rounds[k] for k in sorted(rounds, key=lambda k: int(
+            k[len("groups_round"):-len("_edges")]))],
+        "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_mb": round(rss_before, 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--edges", default="1000000,10000000")
+    ap.add_argument("--paths", default="one-worker,distributed")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process
+    ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one)))
+        fn = measure_distributed if args.path == "distributed" else measure
+        print(json.dumps(fn(args.one)))
         return
-    runs = []
-    for n in (int(x) for x in args.edges.split(",")):
-        out = subprocess.run([sys.executable, __file__, "--one", str(n)], check=True,
-                             capture_output=True, text=True, cwd=REPO)
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(json.dumps(runs[-1]), flush=True)
-    small, large = runs[0], runs[-1]
-    scale = large["edges"] / small["edges"]
-    per_edge = {
-        "cpu_s_per_edge_ratio": round(large["cpu_s"] / small["cpu_s"] / scale, 3),
-        "wall_s_per_edge_ratio": round(large["wall_s"] / small["wall_s"] / scale, 3),
-        "rss_growth_mb_per_million_edges": round(
-            (large["peak_rss_mb"] - small["peak_rss_mb"])
-            / ((large["edges"] - small["edges"]) / 1e6), 1),
-    }
-    print(json.dumps(per_edge))
+    runs = {}
+    for path in args.paths.split(","):
+        for n in (int(x) for x in args.edges.split(",")):
+            out = subprocess.run([sys.executable, __file__, "--one", str(n), "--path", path],
+                                 check=True, capture_output=True, text=True, cwd=REPO)
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            run.setdefault("path", "one-worker")
+            runs.setdefault(path, []).append(run)
+            print(json.dumps(run), flush=True)
+    ratios = {}
+    for path, rs in runs.items():
+        small, large = rs[0], rs[-1]
+        scale = large["edges"] / small["edges"]
+        if scale > 1:
+            ratios[path] = {
+                "cpu_s_per_edge_ratio": round(large["cpu_s"] / small["cpu_s"] / scale, 3),
+                "wall_s_per_edge_ratio": round(large["wall_s"] / small["wall_s"] / scale, 3),
+                "rss_growth_mb_per_million_edges": round(
+                    (large["peak_rss_mb"] - small["peak_rss_mb"])
+                    / ((large["edges"] - small["edges"]) / 1e6), 1)}
+    if len(runs) == 2:
+        one, dist = runs["one-worker"], runs["distributed"]
+        ratios["distributed_over_one_worker"] = [
+            {"edges": a["edges"], "cpu_s": round(b["cpu_s"] / a["cpu_s"], 2),
+             "peak_rss_mb": round(b["peak_rss_mb"] / a["peak_rss_mb"], 2)}
+            for a, b in zip(one, dist)]
+    print(json.dumps(ratios))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,12 @@ class JobConfig:
     id_buckets: int = 1  # distinct-id count: CombinePerKey keys
     group_by: tuple[str, str] | None = None  # --group-by: each side's record id column
     max_group_size: int = 1000
-    max_group_edges: int = 20_000_000
+    groups_one_worker_max_edges: int = 20_000_000
+    group_buckets: int = 1  # the distributed rounds' shuffle keys
+    # --groups-from: the earlier run's output, its groups/ files, the last id it used.
+    groups_from: str | None = None
+    groups_from_files: list[str] = dataclasses.field(default_factory=list)
+    groups_last_id: int = 0
     # The morning check (pipeline/monitor.py): baseline figures, gate limits by name,
     # canary pairs (in the input schema, ids 0..n-1) and their labels, review size.
     baseline: dict | None = None

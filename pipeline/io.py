@@ -40,6 +40,7 @@ storage.share()
 LABELS = "labels"
 REJECTS = "rejects"
 GROUPS = "groups"
+GROUP_CHANGES = "group_changes"
 REVIEW = "review"
 SAMPLE = "sample"
 REPORT = "report.html"
@@ -160,13 +161,13 @@ def check_output(output: str, overwrite: bool) -> None:
 
 def clear_previous_output(output: str) -> None:
     """Delete what an earlier (finished or crashed) run left, so that no stale file
-    survives: _SUCCESS, summary.json, report.html, labels/, rejects/, groups/, review/,
-    sample/ and _staging/. Leaves the run marker alone; call it only while holding that
-    marker."""
+    survives: _SUCCESS, summary.json, report.html, labels/, rejects/, groups/,
+    group_changes/, review/, sample/ and _staging/. Leaves the run marker alone; call it
+    only while holding that marker."""
     # _SUCCESS first, so that a reader never sees it beside a half-cleared output; then
     # files before the directories holding them.
     stale = [join(output, SUCCESS), join(output, SUMMARY), join(output, REPORT)]
-    kinds = (LABELS, REJECTS, GROUPS, REVIEW, SAMPLE, STAGING)
+    kinds = (LABELS, REJECTS, GROUPS, GROUP_CHANGES, REVIEW, SAMPLE, STAGING)
     for kind in kinds:
         stale += [m.path for m in _match(join(output, kind, "*"))]
     stale += [join(output, kind) for kind in kinds]

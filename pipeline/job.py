@@ -33,8 +33,8 @@ from apache_beam.runners.runner import PipelineResult
 
 from model.config import ModelDirError
 from model.modeldir import ModelDir
+from pipeline import groups, monitor, planning, profiles, publish, stages, store
 from pipeline import io as pio
-from pipeline import monitor, planning, profiles, publish, stages, store
 from pipeline.config import JobConfig
 from pipeline.handler import FLOAT32_EXACT, NAMESPACE
 from pipeline.io import JobError
@@ -96,6 +96,15 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
     canary_labels = []
     if opts.baseline and not dry_run:
         baseline = monitor.read_baseline(opts.baseline)
+    if opts.groups_one_worker_max_edges < 1:
+        raise JobError(f"--groups-one-worker-max-edges {opts.groups_one_worker_max_edges}: "
+                       "give 1 or more")
+    if opts.groups_from and not group_by:
+        raise JobError("--groups-from carries groups: give --group-by LEFT_ID,RIGHT_ID too")
+    previous = groups.Previous()
+    if opts.groups_from and not dry_run:
+        previous = groups.read_previous(opts.groups_from,
+                                        scan.schema.field(group_by[0]).type)
     if opts.canaries and not dry_run:
         canaries, canary_labels = monitor.read_canaries(
             opts.canaries, scan.schema, opts.id_column, text_columns)
@@ -151,7 +160,12 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         id_buckets=max(1, math.ceil((rows_in or 0) / IDS_PER_BUCKET)),
         group_by=group_by,
         max_group_size=opts.max_group_size,
-        max_group_edges=opts.max_group_edges,
+        groups_one_worker_max_edges=opts.groups_one_worker_max_edges,
+        group_buckets=groups.buckets_for(opts.groups_one_worker_max_edges, rows_in,
+                                         previous.records),
+        groups_from=opts.groups_from,
+        groups_from_files=previous.files,
+        groups_last_id=previous.last_group_id,
         baseline=baseline,
         gates=gates,
         canaries=canaries,

@@ -91,10 +91,19 @@ class ScoreOptions(PipelineOptions):
                             type=int, default=1000,
                             help="warn, naming it, about any group larger than this "
                             "(usually a threshold too low)")
-        parser.add_argument("--max-group-edges", "--max_group_edges", dest="max_group_edges",
-                            type=int, default=20_000_000,
+        parser.add_argument("--groups-one-worker-max-edges", "--groups_one_worker_max_edges",
+                            "--max-group-edges", "--max_group_edges",
+                            dest="groups_one_worker_max_edges", type=int, default=20_000_000,
+                            metavar="N",
                             help="most duplicate edges grouped on one worker (about 120 "
-                            "bytes each); more fails the job naming this flag")
+                            "bytes each); with more, the groups are found in rounds over "
+                            "the shuffles, no worker holding much more than N edges "
+                            "(--max-group-edges: the old name)")
+        parser.add_argument("--groups-from", "--groups_from", dest="groups_from", default=None,
+                            metavar="PREVIOUS_OUT",
+                            help="a published run with --group-by: carry its groups into "
+                            "tonight's (ids kept, merges and new groups in "
+                            "OUT/group_changes/); without it, groups start over")
         parser.add_argument("--baseline", default=None, metavar="PREVIOUS_OUT",
                             help="a finished run's output directory: the report and "
                             "summary.json compare this run's scores and rates with it")

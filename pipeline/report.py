@@ -402,6 +402,12 @@ def _groups(summary: dict) -> str:
     ]
     if "over_max_group_size" in groups:
         rows.append(["over --max-group-size", _count(groups["over_max_group_size"])])
+    if "path" in groups:
+        rows += [["new groups tonight", _count(groups.get("new_groups"))],
+                 ["merges tonight", _count(groups.get("merges"))],
+                 ["carried from", _code(groups["groups_from"]) if groups.get("groups_from")
+                  else "none (groups start over)"],
+                 ["path", f"{_e(groups['path'])}, {_count(groups.get('rounds'))} rounds"]]
     body = _table("groups", None, rows)
     sizes = groups.get("size_histogram") or {}
     if sizes:

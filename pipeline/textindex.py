@@ -110,20 +110,29 @@ def value_hash(column) -> np.ndarray:
     return text_hash(arr.cast(pa.string()))
 
 
+def bucket_rows(column, buckets: int) -> list[tuple[int, np.ndarray]]:
+    """(bucket, row indices) of `column`'s values by `value_hash`, non-empty buckets only."""
+    if buckets <= 1:
+        return [(0, np.arange(len(column)))] if len(column) else []
+    bucket = (value_hash(column) % np.uint64(buckets)).astype(np.int64)
+    order = np.argsort(bucket, kind="stable")
+    bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
+    return [(b, order[bounds[b] : bounds[b + 1]]) for b in range(buckets)
+            if bounds[b + 1] > bounds[b]]
+
+
 def split_buckets(texts: pa.Array, buckets: int) -> list[tuple[int, pa.Array]]:
     """(bucket, the values of that bucket) by `value_hash`, for texts or ids."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
+    return [(b, texts.take(pa.array(idx))) for b, idx in bucket_rows(texts, buckets)]
+
+
+def split_table(table: pa.Table, column: str, buckets: int) -> list[tuple[int, pa.Table]]:
+    """(bucket of `column`'s value by `value_hash`, those rows of `table`)."""
     if buckets <= 1:
-        return [(0, texts)] if len(texts) else []
-    bucket = (value_hash(texts) % np.uint64(buckets)).astype(np.int64)
-    order = np.argsort(bucket, kind="stable")
-    bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
-    return [
-        (b, texts.take(pa.array(order[bounds[b] : bounds[b + 1]])))
-        for b in range(buckets)
-        if bounds[b + 1] > bounds[b]
-    ]
+        return [(0, table)] if table.num_rows else []
+    return [(b, table.take(pa.array(idx))) for b, idx in bucket_rows(table[column], buckets)]
 
 
 class DistinctFn(beam.CombineFn):

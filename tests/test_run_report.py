@@ -185,7 +185,11 @@ def _summary(seed: int, **changes) -> dict:
         "groups": {"groups": rng.randint(1, 99), "records": rng.randint(100, 999),
                    "largest": {"group_id": f"g{seed}", "size": rng.randint(3, 50)},
                    "size_histogram": {"2": rng.randint(1, 9), "3-4": rng.randint(1, 9)},
-                   "over_max_group_size": rng.randint(0, 3)},
+                   "over_max_group_size": rng.randint(0, 3),
+                   "new_groups": rng.randint(0, 50), "merges": rng.randint(0, 9),
+                   "groups_from": rng.choice([None, f"gs://out-{seed}/yesterday"]),
+                   "path": rng.choice(["one-worker", "distributed"]),
+                   "rounds": rng.randint(0, 12), "last_group_id": rng.randint(100, 999)},
         "model_errors": reasons.get("model_error", 0),
         "scores": {"edges": EDGES, "counts": _histogram(rng, scored)},
         "duplicate_rate": duplicates / scored,
@@ -311,6 +315,10 @@ def test_every_section_shows_the_summary(seed, drawn):
     assert groups["largest group"] == [f"{g['largest']['group_id']} "
                                        f"({g['largest']['size']} records)"]
     assert _number(groups["over --max-group-size"][0]) == g["over_max_group_size"]
+    assert _number(groups["new groups tonight"][0]) == g["new_groups"]
+    assert _number(groups["merges tonight"][0]) == g["merges"]
+    assert groups["carried from"] == [g["groups_from"] or "none (groups start over)"]
+    assert groups["path"] == [f"{g['path']}, {g['rounds']} rounds"]
     assert {k: _number(v[0]) for k, v in page.rows("group_sizes").items()
             if k != "group size"} == g["size_histogram"]
 
