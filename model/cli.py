@@ -70,7 +70,7 @@ def _defaults(fn) -> dict:
 def train_parser() -> CommandParser:
     """`pairscore train`: one option per `TrainConfig` field, with its default, plus
     --cv-folds."""
-    from model.config import Distance, Encoder, Pooling
+    from model.config import Architecture, Distance, Encoder, Pooling
     from model.train import (
         DEFAULT_LEARNING_RATE,
         DEFAULT_MAX_LENGTH,
@@ -88,7 +88,7 @@ def train_parser() -> CommandParser:
         "lr": ", ".join(f"{v:g} {k}" for k, v in DEFAULT_LEARNING_RATE.items()),
         "length": ", ".join(f"{v} {k}" for k, v in DEFAULT_MAX_LENGTH.items()),
     }
-    p = CommandParser("pairscore train", "Train a Siamese model.")
+    p = CommandParser("pairscore train", "Train a Siamese model or a cross-encoder.")
 
     def option(name, help, **kwargs):
         if name in defaults:
@@ -100,6 +100,10 @@ def train_parser() -> CommandParser:
     option("train", "labelled pairs: Parquet, CSV or TSV")
     option("validation", "validation pairs (default: hold out 10%% of --train)")
     option("output", "model directory to write")
+    option("architecture", "siamese: a shared tower per text and --distance head; cross: "
+           "both texts in one [CLS] a [SEP] b [SEP] sequence through BERT (--encoder bert; "
+           "--distance and --pooling unused; --dropout on its [CLS] head)", action=OneOf,
+           allowed=Architecture.values())
     option("encoder", "the tower both texts go through", action=OneOf,
            allowed=Encoder.values())
     option("distance", "the head on the two sentence vectors", action=OneOf,
