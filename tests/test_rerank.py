@@ -127,7 +127,7 @@ def _score(argv):
     return job.run(argv)
 
 
-@pytest.mark.parametrize("mode", ["pairs", "unique"])
+@pytest.mark.parametrize("mode", ["pairs", pytest.param("unique", marks=pytest.mark.slow)])
 def test_the_cascade_rescores_the_band_only_and_rows_add_up(
     tmp_path, bert_model, cross_model, pairs_file, mode
 ):
@@ -170,6 +170,7 @@ def test_the_cascade_rescores_the_band_only_and_rows_add_up(
         "rerank_model_calls"] > 0
 
 
+@pytest.mark.slow
 def test_model_errors_in_the_second_pass_are_rejects_and_rows_add_up(
     tmp_path, bert_model, cross_model, pairs_file, monkeypatch
 ):
@@ -234,6 +235,7 @@ def test_a_bad_or_mismatched_cross_model_is_refused_with_exit_2(
                  "--output", str(tmp_path / "u")])
 
 
+@pytest.mark.slow
 def test_a_stored_band_is_used_only_for_its_first_model(
     tmp_path, bert_model, bilstm_model, cross_model, pairs_file
 ):
@@ -255,3 +257,23 @@ def test_a_stored_band_is_used_only_for_its_first_model(
     with pytest.raises(JobError, match="its band was chosen for the model with fingerprint"):
         job.run(["--input", str(pairs_file), "--model", bilstm_model, "--mode", "pairs",
                  "--output", str(tmp_path / "o2"), "--rerank-model", banded])
+
+
+def test_the_cascade_builds_on_dataflow_with_its_own_handler_and_batch_sizes():
+    from tests.test_dataflow import CLOUD, IMAGE, IO, dry_run
+
+    cross = "gs://pairscore-test/models/cross"
+    built = dry_run(["--profile", "dataflow-gpu", *CLOUD, f"--sdk_container_image={IMAGE}",
+                     *IO, "--rerank-model", cross, "--rerank-band", "0.3,0.7",
+                     "--rerank-batch-size", "256"])
+    inference = built.dofn_under("ScorePairs/Rerank/Score",
+                                 "_ExceptionHandlingWrapperDoFn")._fn
+    assert inference._model_handler._base.model_dir == cross
+    first = built.dofn_under("ScorePairs/Score", "_ExceptionHandlingWrapperDoFn")._fn
+    assert first._model_handler._base.model_dir == IO[2].split("=")[1]
+    tokenize = built.dofn_under("ScorePairs/Rerank/Tokenize", "_TokenizePairsFn")
+    assert tokenize.cfg.model == cross and tokenize.cfg.batch_size == 256
+    assert tokenize.cfg.max_batch_tokens == 256 * 64  # the GPU's per-row allowance
+    split = built.dofn_under("ScorePairs/Rerank/Split", "_SplitFn")
+    assert split.band == (0.3, 0.7)
+    assert {"ScorePairs/Rerank/MergeDecided", "Finalize/Reranked"} <= set(built.transforms)
