@@ -11,8 +11,9 @@ and F1 of each one's is_duplicate against the labels, and the share re-scored.
 Cost: CPU seconds (user + system of this process) per pair of the model calls, in this
 one process, both models loaded first, best of --repeats: the Siamese model on every
 pair, the cross-encoder on every pair, and the cascade (the Siamese model on every pair
-plus the cross-encoder on the band's pairs); and their ratios. Tokenizing and Beam's
-own costs are the same for all three and left out.
+plus the cross-encoder on the band's pairs); and their ratios; and the band `pairscore
+rerank-band` would choose at other coverages, with the cascade's figures on the same
+pairs (`coverage_sweep`). Tokenizing and Beam's own costs are the same for all three and left out.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
+
+# --coverage values of `pairscore rerank-band` tried on the same scores (docs/results.md).
+COVERAGES = (0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 def _cpu() -> float:
@@ -85,6 +89,18 @@ def run(first: str, cross: str, data: str, repeats: int) -> dict:
             started = _cpu()
             scorer.score(x, y)
             cost[name].append(_cpu() - started)
+    from model.rerank import cascade_decisions, choose_band, decision_metrics
+
+    cross_scores = s2.score(a, b)
+    t1, t2 = s1.metadata.threshold, s2.metadata.threshold
+    sweep = []
+    for coverage in COVERAGES:
+        lo, hi = choose_band(first_scores, pairs.labels, t1, coverage)
+        decided, band = cascade_decisions(first_scores, cross_scores, lo, hi, t1, t2)
+        m = decision_metrics(decided, pairs.labels)
+        sweep.append({"coverage": coverage, "band": [round(lo, 3), round(hi, 3)],
+                      "share": round(float(band.mean()), 3),
+                      "accuracy": round(m["accuracy"], 3), "f1": round(m["f1"], 3)})
     n = len(a)
     siamese, cross_all = min(cost["siamese"]), min(cost["cross"])
     cascade = siamese + min(cost["cross_band"])
@@ -94,6 +110,7 @@ def run(first: str, cross: str, data: str, repeats: int) -> dict:
         "band": [band_meta.get("lo"), band_meta.get("hi")],
         "band_share": float(mask.mean()),
         "quality": quality,
+        "coverage_sweep": sweep,
         "cpu_ms_per_pair": {k: round(1000 * v, 3) for k, v in per_pair.items()},
         "ratios": {"cross / siamese": common.ratio(per_pair["cross"], per_pair["siamese"]),
                    "cascade / siamese": common.ratio(per_pair["cascade"],
