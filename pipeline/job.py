@@ -82,6 +82,8 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         raise JobError(str(e)) from None
     threshold = opts.threshold if opts.threshold is not None else float(meta["threshold"])
     gpu = opts.device == "gpu"
+    # Before the output's write probe: a refused cross model leaves no output behind.
+    rerank_spec = _rerank_spec(opts, meta, gpu, dry_run)
     # CPU: 128 pads less than 256 (finer length groups) at the same model cost per token.
     batch_size = opts.batch_size or (1024 if gpu else 128)
     max_tokens = opts.max_batch_tokens or batch_size * (64 if gpu else 32)
@@ -120,7 +122,7 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         raise JobError(f"--model {opts.model} is a cross-encoder: it reads both texts in one "
                        "sequence, so there is no text to encode once (unique-text mode, "
                        "--embedding-store); use --mode pairs, or give it as --rerank-model")
-    rerank_spec = _rerank_spec(opts, meta, gpu, dry_run)
+
     run_id = pio.new_run_id()
     spec = None
     if opts.embedding_store:
