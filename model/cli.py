@@ -70,7 +70,7 @@ def _defaults(fn) -> dict:
 def train_parser() -> CommandParser:
     """`pairscore train`: one option per `TrainConfig` field, with its default, plus
     --cv-folds."""
-    from model.config import Distance, Encoder, Pooling
+    from model.config import Architecture, Distance, Encoder, Pooling
     from model.train import (
         DEFAULT_LEARNING_RATE,
         DEFAULT_MAX_LENGTH,
@@ -88,7 +88,7 @@ def train_parser() -> CommandParser:
         "lr": ", ".join(f"{v:g} {k}" for k, v in DEFAULT_LEARNING_RATE.items()),
         "length": ", ".join(f"{v} {k}" for k, v in DEFAULT_MAX_LENGTH.items()),
     }
-    p = CommandParser("pairscore train", "Train a Siamese model.")
+    p = CommandParser("pairscore train", "Train a Siamese model or a cross-encoder.")
 
     def option(name, help, **kwargs):
         if name in defaults:
@@ -102,6 +102,10 @@ def train_parser() -> CommandParser:
     option("validation", "validation pairs, a file or a labels dataset (default: hold out "
            "10%% of --train)")
     option("output", "model directory to write")
+    option("architecture", "siamese: a shared tower per text and --distance head; cross: "
+           "both texts in one [CLS] a [SEP] b [SEP] sequence through BERT (--encoder bert; "
+           "--distance and --pooling unused; --dropout on its [CLS] head)", action=OneOf,
+           allowed=Architecture.values())
     option("encoder", "the tower both texts go through", action=OneOf,
            allowed=Encoder.values())
     option("distance", "the head on the two sentence vectors", action=OneOf,
@@ -306,9 +310,46 @@ def threshold_command(argv: list[str]) -> int:
     return 0
 
 
+def rerank_band_parser() -> CommandParser:
+    from model.rerank import band_model
+
+    defaults = _defaults(band_model)
+    p = CommandParser("pairscore rerank-band",
+                      "Choose a cross-encoder's re-scoring band for one first (Siamese) "
+                      "model on labelled pairs, and write the cross model with it.")
+    p.add_argument("--model", required=True, help="the cross-encoder's model directory")
+    p.add_argument("--first-model", required=True,
+                   help="the Siamese model directory whose scores the band is in")
+    p.add_argument("--labelled", required=True,
+                   help="labelled validation pairs (Parquet, CSV or TSV, 0/1 labels)")
+    p.add_argument("--coverage", type=float, default=defaults["coverage"],
+                   help="share of the first model's errors (at its threshold) the band "
+                   "must hold; the band with the fewest pairs that does is chosen")
+    p.add_argument("--output", required=True,
+                   help="new model directory: --model's files, pairscore.json with the band")
+    _labelled_pair_options(p, defaults)
+    return p
+
+
+def rerank_band_command(argv: list[str]) -> int:
+    from model.rerank import band_model
+
+    p = rerank_band_parser()
+    args = p.parse_args(argv)
+    try:
+        choice = band_model(args.model, args.first_model, args.labelled, args.output,
+                            args.coverage, args.text_a_column, args.text_b_column,
+                            args.label_column, args.batch_size)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
+    print(json.dumps({"output": args.output, **choice.to_dict()}, indent=2))
+    return 0
+
+
 COMMANDS = {
     "train": train_command,
     "evaluate": evaluate_command,
     "default-model": default_model_command,
     "threshold": threshold_command,
+    "rerank-band": rerank_band_command,
 }

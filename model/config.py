@@ -33,6 +33,8 @@ TOKENIZER_FILE = "assets/tokenizer.json"
 VOCAB_FILE = "assets/vocab.txt"
 REQUIRED_FILES = ("saved_model.pb", TOKENIZER_FILE, VOCAB_FILE, METADATA_FILE)
 SIGNATURES = ("serving_default", "encode", "score_embeddings", "score_text")
+# A cross-encoder reads both texts in one sequence: no embedding of one text to keep.
+CROSS_SIGNATURES = ("serving_default", "score_text")
 PAD_ID = 0
 
 
@@ -54,6 +56,15 @@ class _Choice(enum.StrEnum):
     @classmethod
     def values(cls) -> list[str]:
         return [m.value for m in cls]
+
+
+class Architecture(_Choice):
+    """siamese: one shared tower per text, a head on the two vectors (every signature);
+    cross: both texts in one `[CLS] a [SEP] b [SEP]` sequence (serving_default and
+    score_text only: there is no per-text embedding)."""
+
+    SIAMESE = "siamese"
+    CROSS = "cross"
 
 
 class Encoder(_Choice):
@@ -99,6 +110,11 @@ class ModelMetadata:
     manifest: dict[str, dict[str, Any]] | None = None
     # How `pairscore threshold` chose `threshold` (model.threshold.ThresholdChoice), if it did.
     threshold_choice: dict[str, Any] | None = None
+    # siamese (the default, and every directory written before cross-encoders) or cross.
+    architecture: str = "siamese"
+    # A cross model's re-scoring band for one first (Siamese) model, chosen on validation
+    # pairs by `pairscore rerank-band` (model.rerank.RerankBand), if it was.
+    rerank: dict[str, Any] | None = None
     created_at: str = dataclasses.field(
         default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(
             timespec="seconds"
@@ -131,7 +147,15 @@ class ModelMetadata:
         if not 0.0 <= float(meta.threshold) <= 1.0:
             raise ModelDirError(f"{source}: threshold {meta.threshold} is outside [0, 1]")
         _check_manifest(meta.manifest, source)
+        try:
+            Architecture.parse(meta.architecture)
+        except ValueError as e:
+            raise ModelDirError(f"{source}: {e}") from None
         return meta
+
+    @property
+    def is_cross(self) -> bool:
+        return Architecture.parse(self.architecture) == Architecture.CROSS
 
 
 def _check_manifest(manifest: Any, source: str) -> None:

@@ -124,3 +124,48 @@ def siamese(encoder: keras.Model, head: DistanceHead) -> keras.Model:
     right = keras.Input(shape=(None,), dtype="int32", name="right_ids")
     score = head(encoder(left), encoder(right))
     return keras.Model({"left_ids": left, "right_ids": right}, score, name="siamese")
+
+
+@keras.saving.register_keras_serializable(package="pairscore")
+class PairSequence(layers.Layer):
+    """left_ids [B, Ta], right_ids [B, Tb] (each `[CLS] text [SEP]`, padded with 0) ->
+    token_ids, segment_ids, padding_mask [B, Ta + Tb - 1] of one `[CLS] a [SEP] b [SEP]`
+    sequence per pair: the left row's tokens, then the right row's without its [CLS], then
+    padding. The cross-encoder reads the ids the Siamese model reads, so one tokenizer
+    pass and one batch layout serve both."""
+
+    def call(self, left, right):
+        len_l = ops.sum(ops.cast(ops.not_equal(left, 0), "int32"), axis=1, keepdims=True)
+        len_r = ops.sum(ops.cast(ops.not_equal(right, 0), "int32"), axis=1, keepdims=True)
+        width_l, width_r = ops.shape(left)[1], ops.shape(right)[1]
+        pos = ops.expand_dims(ops.arange(width_l + width_r - 1, dtype="int32"), 0)
+        from_left = ops.take_along_axis(left, ops.minimum(pos, width_l - 1)
+                                        + ops.zeros_like(len_l), axis=1)
+        right_pos = pos - len_l + 1
+        from_right = ops.take_along_axis(right, ops.clip(right_pos, 0, width_r - 1), axis=1)
+        in_left = pos < len_l
+        in_right = ops.logical_and(ops.logical_not(in_left), right_pos < len_r)
+        zero = ops.zeros_like(from_left)
+        ids = ops.where(in_left, from_left, ops.where(in_right, from_right, zero))
+        segments = ops.cast(in_right, "int32")
+        return ids, segments, ops.not_equal(ids, 0)
+
+
+def cross_encoder(backbone, dropout=0.1, name="cross_encoder") -> keras.Model:
+    """left_ids, right_ids -> duplicate probability from ONE `[CLS] a [SEP] b [SEP]`
+    sequence through a keras-hub BertBackbone: the [CLS] vector, dropout, Dense(1, sigmoid).
+    BERT's pooler stays frozen (outside the graph)."""
+    left = keras.Input(shape=(None,), dtype="int32", name="left_ids")
+    right = keras.Input(shape=(None,), dtype="int32", name="right_ids")
+    ids, segments, mask = PairSequence(name="pair_sequence")(left, right)
+    out = backbone({"token_ids": ids, "segment_ids": segments, "padding_mask": mask})
+    x = out["sequence_output"][:, 0, :]
+    if dropout:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    score = layers.Dense(1, activation="sigmoid", name="classifier")(x)
+    score = ops.squeeze(score, axis=-1)
+    model = keras.Model({"left_ids": left, "right_ids": right}, score, name=name)
+    backbone.trainable = True
+    if "pooled_dense" in {sub.name for sub in backbone.layers}:
+        backbone.get_layer("pooled_dense").trainable = False
+    return model

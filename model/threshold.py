@@ -370,15 +370,23 @@ def choose_threshold_stratified(scores, labels, design: Design, metric: str, tar
 def write_with_threshold(model_dir: str, output: str, choice: ThresholdChoice) -> None:
     """Copy `model_dir` to `output` (any Beam filesystem), every file unchanged but
     pairscore.json, whose threshold and threshold_choice record are the new ones."""
+    write_with_metadata(model_dir, output, ThresholdError, threshold=choice.threshold,
+                        threshold_choice=choice.to_dict())
+
+
+def write_with_metadata(model_dir: str, output: str, error=ValueError, **changes) -> None:
+    """Copy `model_dir` to `output` (any Beam filesystem), every file unchanged (and
+    checked against the manifest as it is read) but pairscore.json, whose fields `changes`
+    replaces. Refuses (`error`) to overwrite the original or a non-empty `output`."""
     from model.config import METADATA_FILE
     from model.modeldir import ModelDir
     from model.storage import filesystems, join
 
     fs = filesystems()
     if output.rstrip("/") == model_dir.rstrip("/"):
-        raise ThresholdError("--output must differ from --model: the original is kept as is")
+        raise error("--output must differ from --model: the original is kept as is")
     if fs.match([join(output, "*")])[0].metadata_list if fs.exists(output) else False:
-        raise ThresholdError(f"{output} is not empty; choose a new --output")
+        raise error(f"{output} is not empty; choose a new --output")
     md = ModelDir.open(model_dir)
     for rel in sorted(md.files):
         if rel == METADATA_FILE:
@@ -390,8 +398,7 @@ def write_with_threshold(model_dir: str, output: str, choice: ThresholdChoice) -
             os.makedirs(os.path.dirname(target), exist_ok=True)
         with fs.create(target) as f:
             f.write(md.read_bytes(rel))
-    meta = dataclasses.replace(md.metadata, threshold=choice.threshold,
-                               threshold_choice=choice.to_dict())
+    meta = dataclasses.replace(md.metadata, **changes)
     with fs.create(join(output, METADATA_FILE)) as f:
         f.write((meta.to_json() + "\n").encode())
 

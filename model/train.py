@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from model import data as data_lib
 from model import glove, metrics, tokenization
-from model.config import Distance, Encoder, ModelMetadata, Pooling
+from model.config import Architecture, Distance, Encoder, ModelMetadata, Pooling
 
 log = logging.getLogger("pairscore.train")
 
@@ -89,8 +89,20 @@ class TrainConfig:
     # A local keras-hub (or Hugging Face) BERT preset directory instead of the packaged
     # MiniLM; it must use MiniLM's WordPiece vocabulary (the tokenizer is MiniLM's).
     bert_preset: str | None = None
+    # siamese (a shared tower per text, --distance head) or cross (both texts in one
+    # `[CLS] a [SEP] b [SEP]` sequence through BERT, a Dense head on [CLS]; needs bert).
+    architecture: str = "siamese"
 
     def __post_init__(self):
+        self.architecture = Architecture.parse(self.architecture).value
+        if self.architecture == Architecture.CROSS:
+            if Encoder.parse(self.encoder) != Encoder.BERT:
+                raise ValueError("--architecture cross needs --encoder bert")
+            if self.freeze_epochs or self.freeze_encoder:
+                raise ValueError(
+                    "--architecture cross trains the whole network: drop --freeze-epochs "
+                    "and --freeze-encoder"
+                )
         self.encoder = Encoder.parse(self.encoder).value
         self.distance = Distance.parse(self.distance).value
         self.pooling = Pooling.parse(self.pooling).value
@@ -361,8 +373,13 @@ def build_tokenizer(cfg: TrainConfig, train: data_lib.Pairs):
 
 
 def build_model(cfg: TrainConfig, embedding_matrix=None):
-    """(siamese, encoder, head) for the config; the encoder is shared by both inputs."""
+    """(model, encoder, head) for the config; the encoder is shared by both inputs. A
+    cross-encoder is (model, model, None): one network, no separate head."""
     from model import layers
+
+    if cfg.architecture == Architecture.CROSS:
+        model = layers.cross_encoder(bert_backbone(cfg.bert_preset), dropout=cfg.dropout)
+        return model, model, None
 
     if cfg.encoder == Encoder.BERT:
         encoder = layers.bert_encoder(
@@ -433,7 +450,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> ModelMetadata:
     the metadata. `callbacks` are extra Keras callbacks (they see both phases)."""
     import keras
 
-    from model.export import export
+    from model.export import export, export_cross
 
     keras.utils.set_random_seed(cfg.seed)
     started = time.time()
@@ -506,10 +523,13 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> ModelMetadata:
     val_metrics = metrics.binary_metrics(scores, labels_val, threshold)
     if val_pairs.similarity is not None:
         val_metrics.update(metrics.graded_metrics(scores, val_pairs.similarity))
+    cross = cfg.architecture == Architecture.CROSS
     meta = ModelMetadata(
+        architecture=cfg.architecture,
         encoder=cfg.encoder,
-        pooling=cfg.pooling if cfg.encoder == Encoder.BERT else None,
-        distance=cfg.distance,
+        pooling=Pooling.CLS.value if cross else (
+            cfg.pooling if cfg.encoder == Encoder.BERT else None),
+        distance="none" if cross else cfg.distance,
         max_length=cfg.max_length,
         threshold=threshold,
         embedding_dim=0,
@@ -531,7 +551,10 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> ModelMetadata:
             "config": dataclasses.asdict(cfg),
         },
     )
-    meta = export(encoder, head, tok, meta, cfg.output)
+    if cross:
+        meta = export_cross(siamese, tok, meta, cfg.output)
+    else:
+        meta = export(encoder, head, tok, meta, cfg.output)
     log.info("exported %s (threshold %.3f, val F1 %.3f, best epoch %d by %s)", cfg.output,
              threshold, val_metrics["f1"], monitor.best_epoch + 1, cfg.select_metric)
     if not math.isfinite(val_metrics["accuracy"]):

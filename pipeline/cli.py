@@ -10,6 +10,8 @@
     pairscore estimate out/ --labels labels/  (tonight's precision and recall, measured)
     pairscore train --train pairs.parquet --encoder bilstm --distance l1 --output models/m
     pairscore evaluate --model models/m --data dev.parquet
+    pairscore rerank-band --model models/cross --first-model models/m --labelled dev.parquet \\
+        --output models/cross-banded   (the cascade's band: score --rerank-model)
     pairscore threshold --model models/m --labelled dev.parquet --target-precision 0.95 \\
         --output models/m-p95
 """
@@ -548,6 +550,7 @@ PARSERS = {
     "evaluate": model_cli.evaluate_parser,
     "default-model": model_cli.default_model_parser,
     "threshold": model_cli.threshold_parser,
+    "rerank-band": model_cli.rerank_band_parser,
     "score": score_parser,
     "publish": publish_parser,
     "sample": sample_parser,
@@ -566,9 +569,10 @@ SUMMARIES = {
     "labels": "import (dedupe, Splink), export (CSV) or summarise a labels dataset",
     "review": "serve the review page: label the night's sample by keyboard",
     "estimate": "tonight's precision and recall from the sample's labels, with intervals",
-    "train": "train a Siamese model",
+    "train": "train a Siamese model or a cross-encoder (--architecture cross)",
     "evaluate": "evaluate models on labelled pairs; optionally write a report",
     "threshold": "choose a model's threshold for a target precision or recall",
+    "rerank-band": "choose a cross-encoder's re-scoring band for one Siamese model",
 }
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import pyarrow as pa
 
 from pipeline import planning, store
+from pipeline.rerank import RerankSpec
 from pipeline.validate import ERROR, REASON
 
 
@@ -63,12 +64,27 @@ class JobConfig:
     canary_branch: bool = False  # this config scores the canaries, not the night's pairs
     # --embedding-store: the generations pinned at launch, where this run writes its own.
     store: store.StoreSpec | None = None
+    # --rerank-model: the cascade's cross-encoder (None: the first model decides alone).
+    rerank: RerankSpec | None = None
+    rerank_branch: bool = False  # this config scores the cascade's second pass
+
+    def rerank_config(self) -> JobConfig:
+        """The config the cross-encoder's branch runs with: its model, tokenizer length,
+        threshold and batch sizes; counters under rerank_ (the night's count the night)."""
+        spec = self.rerank
+        return dataclasses.replace(
+            self, model=spec.model, fingerprint=spec.fingerprint, threshold=spec.threshold,
+            max_length=spec.max_length, min_tokens=spec.min_tokens,
+            batch_size=spec.batch_size, max_batch_tokens=spec.max_batch_tokens,
+            rerank=None, rerank_branch=True, store=None)
 
     @property
     def counter_prefix(self) -> str:
         """Before each Beam counter's name: the canaries count under their own names
         (canary_rows_scored, ...), so the night's counters hold the night's rows only."""
-        return "canary_" if self.canary_branch else ""
+        if self.canary_branch:
+            return "canary_"
+        return "rerank_" if self.rerank_branch else ""
 
     @property
     def fail_fast(self) -> bool:
@@ -79,16 +95,24 @@ class JobConfig:
     def label_schema(self) -> pa.Schema:
         fields = [self.input_schema.field(self.id_column)]
         fields += [pa.field("score", pa.float32()), pa.field("is_duplicate", pa.bool_())]
+        meta = {
+            "pairscore.model_fingerprint": self.fingerprint,
+            "pairscore.threshold": repr(self.threshold),
+            "pairscore.model": self.model,
+            "pairscore.run_id": self.run_id,
+        }
+        if self.rerank is not None:
+            # score is the deciding model's; first_score the first model's, always.
+            fields += [pa.field("first_score", pa.float32()),
+                       pa.field("decided_by", pa.string())]
+            meta.update({
+                "pairscore.rerank_model": self.rerank.model,
+                "pairscore.rerank_model_fingerprint": self.rerank.fingerprint,
+                "pairscore.rerank_threshold": repr(self.rerank.threshold),
+                "pairscore.rerank_band": ",".join(repr(b) for b in self.rerank.band),
+            })
         fields += [self.input_schema.field(c) for c in self.keep_columns]
-        return pa.schema(
-            fields,
-            metadata={
-                "pairscore.model_fingerprint": self.fingerprint,
-                "pairscore.threshold": repr(self.threshold),
-                "pairscore.model": self.model,
-                "pairscore.run_id": self.run_id,
-            },
-        )
+        return pa.schema(fields, metadata=meta)
 
     @property
     def reject_schema(self) -> pa.Schema:

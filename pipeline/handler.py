@@ -114,8 +114,9 @@ class LoadedPairModel:
             model = ModelDir.open(model_dir, verify=False).load_saved_model()
             sig = model.signatures
             self._serve = sig["serving_default"]
-            self._encode = sig["encode"]
-            self._score_embeddings = sig["score_embeddings"]
+            # A cross-encoder (architecture cross) has no per-text signatures.
+            self._encode = sig.get("encode")
+            self._score_embeddings = sig.get("score_embeddings")
         except Exception as e:  # noqa: BLE001  (TF raises many types; name the model)
             raise ModelLoadError(
                 f"cannot load the model in {model_dir}: {type(e).__name__}: {e}"

@@ -33,7 +33,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from model.config import ModelDirError
 from model.modeldir import ModelDir
-from pipeline import groups, monitor, planning, profiles, publish, stages, store
+from pipeline import groups, monitor, planning, profiles, publish, rerank, stages, store
 from pipeline import io as pio
 from pipeline.config import JobConfig
 from pipeline.handler import FLOAT32_EXACT, NAMESPACE
@@ -82,6 +82,8 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         raise JobError(str(e)) from None
     threshold = opts.threshold if opts.threshold is not None else float(meta["threshold"])
     gpu = opts.device == "gpu"
+    # Before the output's write probe: a refused cross model leaves no output behind.
+    rerank_spec = _rerank_spec(opts, meta, gpu, dry_run)
     # CPU: 128 pads less than 256 (finer length groups) at the same model cost per token.
     batch_size = opts.batch_size or (1024 if gpu else 128)
     max_tokens = opts.max_batch_tokens or batch_size * (64 if gpu else 32)
@@ -125,6 +127,11 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
                            "store holds float32 embeddings, which other runs read as exact")
     plan = planning.plan(mode, scan.files, text_columns, rows_in, dry_run, dim,
                          opts.unique_join)
+    if meta.get("architecture") == "cross" and plan.mode == "unique":
+        raise JobError(f"--model {opts.model} is a cross-encoder: it reads both texts in one "
+                       "sequence, so there is no text to encode once (unique-text mode, "
+                       "--embedding-store); use --mode pairs, or give it as --rerank-model")
+
     run_id = pio.new_run_id()
     spec = None
     if opts.embedding_store:
@@ -175,7 +182,52 @@ def resolve(opts: ScoreOptions, dry_run: bool) -> JobConfig:
         review_sample=opts.review_sample,
         review_sample_band=opts.review_sample_band,
         store=spec,
+        rerank=rerank_spec,
     )
+
+
+def _rerank_spec(opts: ScoreOptions, first: dict, gpu: bool,
+                 dry_run: bool) -> rerank.RerankSpec | None:
+    """--rerank-model checked whole (its manifest) and a cross-encoder, its band, batch
+    sizes; None without --rerank-model."""
+    rerank_flags = ("rerank_band", "rerank_batch_size", "rerank_max_batch_tokens")
+    if not opts.rerank_model:
+        given = [f"--{n.replace('_', '-')}" for n in rerank_flags if getattr(opts, n)]
+        if given:
+            raise JobError(f"{', '.join(given)} need --rerank-model CROSS_MODEL")
+        return None
+    try:
+        meta = _read_model(opts.rerank_model, dry_run)
+    except ModelDirError as e:
+        raise JobError(f"--rerank-model {opts.rerank_model}: {e}") from None
+    if meta.get("architecture", "cross" if dry_run else "siamese") != "cross":
+        raise JobError(f"--rerank-model {opts.rerank_model} is a {meta.get('architecture')} "
+                       "model; the second opinion is a cross-encoder (pairscore train "
+                       "--architecture cross)")
+    if first.get("architecture") == "cross":
+        raise JobError(f"--model {opts.model} is a cross-encoder: the cascade's first model "
+                       "is the Siamese one that scores every pair")
+    try:
+        if opts.rerank_band:
+            band, source = rerank.parse_band(opts.rerank_band), "--rerank-band"
+        elif dry_run:
+            band, source = (0.0, 1.0), "dry run"
+        else:
+            band = rerank.stored_band(meta.get("rerank"), first.get("fingerprint", ""),
+                                      opts.rerank_model, opts.model)
+            source = "stored in the cross model (pairscore rerank-band)"
+    except rerank.BandError as e:
+        raise JobError(str(e)) from None
+    batch_size = opts.rerank_batch_size or (512 if gpu else 64)
+    if batch_size < 1:
+        raise JobError(f"--rerank-batch-size {batch_size}: give 1 or more")
+    tok = meta.get("tokenizer", {})
+    return rerank.RerankSpec(
+        model=opts.rerank_model, fingerprint=meta.get("fingerprint", ""),
+        threshold=float(meta["threshold"]), max_length=int(meta["max_length"]),
+        min_tokens=(tok.get("cls_token") is not None) + (tok.get("sep_token") is not None),
+        band=band, band_source=source, batch_size=batch_size,
+        max_batch_tokens=opts.rerank_max_batch_tokens or batch_size * (64 if gpu else 32))
 
 
 def _gate_limits(opts: ScoreOptions) -> dict:

@@ -141,6 +141,23 @@ class ScoreOptions(PipelineOptions):
                             metavar="HALF_WIDTH",
                             help="the sample's near_threshold stratum: pairs with "
                             "|score - threshold| below this")
+        parser.add_argument("--rerank-model", "--rerank_model", dest="rerank_model",
+                            default=None, metavar="CROSS_MODEL",
+                            help="the cascade: a cross-encoder model directory (pairscore "
+                            "train --architecture cross) re-scores the pairs whose --model "
+                            "score falls in the band; they take its score and threshold")
+        parser.add_argument("--rerank-band", "--rerank_band", dest="rerank_band",
+                            default=None, metavar="LO,HI",
+                            help="re-score pairs with LO <= --model score <= HI (default: "
+                            "the band pairscore rerank-band stored in the cross model for "
+                            "this --model's fingerprint; none stored for it is an error)")
+        parser.add_argument("--rerank-batch-size", "--rerank_batch_size",
+                            dest="rerank_batch_size", type=int, default=None,
+                            help="max pairs per cross-encoder call (default: CPU 64, GPU 512)")
+        parser.add_argument("--rerank-max-batch-tokens", "--rerank_max_batch_tokens",
+                            dest="rerank_max_batch_tokens", type=int, default=None,
+                            help="max padded tokens per side per cross-encoder call "
+                            "(default: --rerank-batch-size x 32 on CPU, x 64 on GPU)")
         parser.add_argument("--detach", action="store_true", default=False,
                             help="submit the job and return without waiting (Dataflow, "
                             "a scheduler): the pipeline's last step publishes and writes "

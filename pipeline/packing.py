@@ -116,8 +116,9 @@ def pack_table(
     return out, no_tokens
 
 
-def label_table(batch: PackedBatch, threshold: float, schema: pa.Schema) -> pa.Table:
-    """The output rows of a scored batch: id, score, is_duplicate and kept columns."""
+def label_table(batch, threshold: float, schema: pa.Schema) -> pa.Table:
+    """The output rows of a scored batch: id, score, is_duplicate and kept columns; with
+    the cascade (`pipeline.rerank.Decided` batches) first_score and decided_by too."""
     scores = np.asarray(batch.scores, dtype=np.float32).reshape(-1)
     rows = batch.rows
     cols = {f.name: rows[f.name] for f in schema if f.name in rows.column_names}
@@ -126,4 +127,7 @@ def label_table(batch: PackedBatch, threshold: float, schema: pa.Schema) -> pa.T
     # score of float32(0.7) = 0.69999999 would be a duplicate at threshold 0.7 although
     # anyone reading the stored score back sees it below the threshold.
     cols["is_duplicate"] = pa.array(scores.astype(np.float64) >= threshold, pa.bool_())
+    if "decided_by" in schema.names:
+        cols["first_score"] = pa.array(np.asarray(batch.first_scores, np.float32), pa.float32())
+        cols["decided_by"] = pa.repeat(pa.scalar(batch.decided_by), len(scores))
     return pa.Table.from_pydict({f.name: cols[f.name] for f in schema}, schema=schema)

@@ -160,6 +160,18 @@ def summary_of(cfg, tally: Tally, duplicates: int, distinct_ids: int,
     }
 
 
+def rerank_field(cfg, reranked: int | None, scored: int) -> dict | None:
+    """summary.json's `rerank`: the cascade's second model, band and the pairs it
+    re-scored (count and share of the labelled pairs); None without --rerank-model."""
+    spec = cfg.rerank
+    if spec is None:
+        return None
+    n = int(reranked or 0)
+    return {"model": spec.model, "model_fingerprint": spec.fingerprint,
+            "threshold": spec.threshold, "band": list(spec.band),
+            "band_source": spec.band_source, "pairs": n, "share": monitor.rate(n, scored)}
+
+
 def sample_field(output: str, design: dict | None) -> dict | None:
     """summary.json's `sample`: pairs sampled, where, and the design's strata; None
     without a sample (--review-sample 0)."""
@@ -215,7 +227,8 @@ def _write_outcome(output: str, summary: dict) -> None:
 def finalize_run(cfg, files: dict, duplicates: int, distinct_ids: int,
                  scores: dict | None = None, group_stats: dict | None = None,
                  canaries: dict | None = None, store_files: list[dict] = (),
-                 store_stats: dict | None = None, sample_design: dict | None = None) -> dict:
+                 store_stats: dict | None = None, sample_design: dict | None = None,
+                 reranked: int | None = None) -> dict:
     """The whole last step (see the module docstring); `files` holds the written files
     by kind (labels, rejects, groups, review, sample; `sample_design` is the sample's
     design, `pipeline.sampling.select`). Returns the summary written. Raises
@@ -234,6 +247,7 @@ def finalize_run(cfg, files: dict, duplicates: int, distinct_ids: int,
     tally = count_written(labels, rejects)
     summary = summary_of(cfg, tally, duplicates, distinct_ids, scores)
     summary["groups"] = group_stats
+    summary["rerank"] = rerank_field(cfg, reranked, tally.scored)
     summary["store"] = store.summary_field(cfg.store, list(store_files), store_stats)
     for big in (group_stats or {}).get("over_max_group_size", []):
         log.warning("group %r has %d records, more than --max-group-size %d: one giant "

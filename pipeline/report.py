@@ -416,6 +416,25 @@ def _groups(summary: dict) -> str:
     return _section("groups", "Groups", body)
 
 
+def _rerank(summary: dict) -> str:
+    """The cascade (--rerank-model): its second model, band and the pairs it re-scored."""
+    rr = summary.get("rerank")
+    if not rr:
+        return ""
+    share = rr.get("share")
+    lo, hi = rr.get("band") or (None, None)
+    rows = [
+        ["cross-encoder", _code(rr.get("model"))],
+        ["fingerprint", _code(rr.get("model_fingerprint"))],
+        ["band (first-model score)", f"[{lo:.4f}, {hi:.4f}] ({_e(rr.get('band_source'))})"],
+        ["its threshold", f"{rr.get('threshold'):.4f}"],
+        ["pairs re-scored", f"<span id=rerank-pairs>{_count(rr.get('pairs'))}</span>"],
+        ["share re-scored", "n/a" if share is None else f"{100 * share:.1f}%"],
+    ]
+    return _section("rerank", "Cascade: re-scored by the cross-encoder",
+                    _table("rerank", None, rows))
+
+
 def _interval(f: dict) -> str:
     if not f or f.get("estimate") is None:
         return "n/a" + (f" ({_e(f['why'])})" if f and f.get("why") else "")
@@ -485,6 +504,7 @@ def render(summary: dict, output: str | None = None) -> str:
         _inputs(summary),
         _review(summary),
         _groups(summary),
+        _rerank(summary),
         _people(summary),
     ]
     body = "\n".join(s for s in sections if s)

@@ -86,3 +86,24 @@ def export_tiny(
         training={"data": None, "note": "tiny untrained model for tests"},
     )
     return export(enc, head, tok, meta, output)
+
+
+def export_tiny_cross(output: str, bert_preset: str, max_length: int = 32,
+                      threshold: float = 0.5, seed: int = 0) -> ModelMetadata:
+    """An untrained cross-encoder directory (`--architecture cross`) on a tiny BERT
+    preset (`write_tiny_bert_preset`)."""
+    import keras
+
+    from model import layers
+    from model.export import export_cross
+    from model.tokenization import configure
+    from model.train import bert_backbone, minilm_tokenizer
+
+    keras.utils.set_random_seed(seed)
+    model = layers.cross_encoder(bert_backbone(bert_preset), dropout=0.1)
+    meta = ModelMetadata(
+        architecture="cross", encoder="bert", pooling="cls", distance="none",
+        max_length=max_length, threshold=threshold, embedding_dim=0, tokenizer={},
+        training={"data": None, "note": "tiny untrained cross-encoder for tests"},
+    )
+    return export_cross(model, configure(minilm_tokenizer(), max_length), meta, output)

@@ -11,6 +11,7 @@ unit-tested functions of the module each stage module is named after.
     stages/monitor.py   Progress, Review, Canaries (over monitor)
     stages/sampling.py  SampleForReview (over sampling)
     stages/finalize.py  WriteResults, CountDistinctIds, Finalize (over publish)
+    stages/rerank.py    Rerank: the cascade's second pass (over rerank)
 
 `pipeline.job.build` wires them: ReadPairs -> ScorePairs or ScoreUniqueTexts ->
 WriteResults, Groups, Review, Canaries -> Finalize. Modules below import nothing above:

@@ -94,7 +94,7 @@ class _FinalizeFn(beam.DoFn):
 
     def process(self, _, label_files, reject_files, group_files, review_files, duplicates,
                 distinct_ids, scores, group_stats, canaries, store_files=(), store_stats=(),
-                sample_files=(), sample_design=()):
+                sample_files=(), sample_design=(), reranked=()):
         from pipeline import publish
 
         files = {pio.LABELS: sorted(label_files), pio.REJECTS: sorted(reject_files),
@@ -106,7 +106,8 @@ class _FinalizeFn(beam.DoFn):
             canaries=canaries[0] if canaries else None,
             store_files=list(store_files),
             store_stats=store_stats[0] if store_stats else None,
-            sample_design=sample_design[0] if sample_design else None)
+            sample_design=sample_design[0] if sample_design else None,
+            reranked=reranked[0] if reranked else None)
 
 
 class Finalize(beam.PTransform):
@@ -141,6 +142,14 @@ class Finalize(beam.PTransform):
                 lambda t: int(pc.sum(t["is_duplicate"]).as_py() or 0))
             | "Duplicates" >> beam.CombineGlobally(sum)
         )
+        if cfg.rerank is not None:
+            reranked = (
+                labels
+                | "RerankedPerTable" >> beam.Map(
+                    lambda t: int(pc.sum(pc.equal(t["decided_by"], "rerank")).as_py() or 0))
+                | "Reranked" >> beam.CombineGlobally(sum)
+            )
+            store_inputs["reranked"] = beam.pvalue.AsList(reranked)
         distinct_ids = labels | "DistinctIds" >> CountDistinctIds(cfg.id_column,
                                                                   cfg.id_buckets)
         scores = labels | "ScoreHistogram" >> beam.CombineGlobally(monitor.ScoreHistogramFn())

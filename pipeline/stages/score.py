@@ -233,7 +233,9 @@ class _ThresholdFn(beam.DoFn):
         self.done = 0
 
     def process(self, batch):
-        table = label_table(batch, self.threshold, self.schema)
+        # The cascade's batches say whose threshold decides them (`rerank.Decided`).
+        threshold = getattr(batch, "threshold", self.threshold)
+        table = label_table(batch, threshold, self.schema)
         n = table.num_rows
         self.scored.inc(n)
         self.duplicates.inc(int(pc.sum(table["is_duplicate"]).as_py() or 0))
@@ -251,13 +253,13 @@ class _ThresholdFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("edges", edges)
         if self.review and n:
             yield beam.pvalue.TaggedOutput("review", monitor.review_rows(
-                batch.rows, batch.scores, self.threshold, *self.review_columns,
+                batch.rows, batch.scores, threshold, *self.review_columns,
                 self.review_schema, self.review))
         if self.sample and n:
             rows, (a, b) = batch.rows, self.text_columns
             yield beam.pvalue.TaggedOutput("sample", sampling.candidates(
-                rows[self.id_column], rows[a], rows[b], batch.scores, *self.sample_args,
-                k=self.sample))
+                rows[self.id_column], rows[a], rows[b], batch.scores, threshold,
+                *self.sample_args[1:], k=self.sample))
         yield table
 
 
@@ -300,7 +302,19 @@ class ScorePairs(beam.PTransform):
         packed = rebatched | "Tokenize" >> TokenizePairs(cfg)
         scored = packed["batches"] | "Score" >> RunModel(
             handler_for(PairModelHandler, cfg), rows_failed, cfg)
-        labelled = scored["scored"] | "Threshold" >> Threshold(cfg)
-        rejects = ((checked["rejects"], packed["rejects"], scored["failed"])
+        decided, more_rejects = rerank_if_asked(scored["scored"], cfg)
+        labelled = decided | "Threshold" >> Threshold(cfg)
+        rejects = ((checked["rejects"], packed["rejects"], scored["failed"], *more_rejects)
                    | "MergeRejects" >> beam.Flatten())
         return {**labelled, "rejects": rejects}
+
+
+def rerank_if_asked(scored, cfg: JobConfig):
+    """(batches for Threshold, extra rejects): with --rerank-model the cascade's second
+    pass (`stages.rerank.Rerank`), else the scored batches as they are."""
+    if cfg.rerank is None:
+        return scored, ()
+    from pipeline.stages.rerank import Rerank
+
+    out = scored | "Rerank" >> Rerank(cfg)
+    return out["decided"], (out["rejects"],)

@@ -16,7 +16,15 @@ from apache_beam.utils.shared import Shared
 from pipeline import joins, textindex
 from pipeline.handler import EncodeHandler, ScoreEmbeddingsHandler
 from pipeline.stages.common import SumCountsFn, counter, load_tokenizer
-from pipeline.stages.score import Rebatch, RunModel, Threshold, Validate, handler_for, rows_failed
+from pipeline.stages.score import (
+    Rebatch,
+    RunModel,
+    Threshold,
+    Validate,
+    handler_for,
+    rerank_if_asked,
+    rows_failed,
+)
 from pipeline.stages.store import LookupStore, WriteStore
 from pipeline.validate import MODEL_ERROR, describe_error
 
@@ -268,8 +276,9 @@ class ScoreUniqueTexts(beam.PTransform):
         joined = (rebatched, embedded["texts"]) | "JoinEmbeddings" >> join(cfg)
         scored = joined["batches"] | "ScoreEmbeddings" >> RunModel(
             handler_for(ScoreEmbeddingsHandler, cfg, shared), rows_failed, cfg)
-        labelled = scored["scored"] | "Threshold" >> Threshold(cfg)
-        rejects = ((checked["rejects"], joined["rejects"], scored["failed"])
+        decided, more_rejects = rerank_if_asked(scored["scored"], cfg)
+        labelled = decided | "Threshold" >> Threshold(cfg)
+        rejects = ((checked["rejects"], joined["rejects"], scored["failed"], *more_rejects)
                    | "MergeRejects" >> beam.Flatten())
         out = {**labelled, "rejects": rejects}
         if cfg.store is not None:
