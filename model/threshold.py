@@ -155,11 +155,9 @@ def _fixed_sequence(tp, predicted, start: int, target: float, confidence: float)
     return len(tp) - 1
 
 
-def choose_threshold(scores, labels, metric: str, target: float, confidence: float = 0.95,
-                     start_share: float = START_SHARE) -> ThresholdChoice:
-    """See the module docstring. Raises ThresholdError when no cut point meets the target
-    (too few labels, or a model not good enough), naming the cut that failed (precision's
-    first test) or the best bound reached, and the fewest labels a perfect model needs."""
+def _checked(scores, labels, metric: str, target: float, confidence: float):
+    """(scores as float64, labels as bool, n, positives), or the error naming what is wrong
+    with the arguments or why there is nothing to bound."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
     if not 0.0 < target < 1.0:
@@ -172,6 +170,15 @@ def choose_threshold(scores, labels, metric: str, target: float, confidence: flo
     if n == 0 or positives == 0:
         raise ThresholdError(f"{n} labelled pairs with {positives} duplicates: nothing to "
                              f"bound {metric} with")
+    return scores, labels, n, positives
+
+
+def choose_threshold(scores, labels, metric: str, target: float, confidence: float = 0.95,
+                     start_share: float = START_SHARE) -> ThresholdChoice:
+    """See the module docstring. Raises ThresholdError when no cut point meets the target
+    (too few labels, or a model not good enough), naming the cut that failed (precision's
+    first test) or the best bound reached, and the fewest labels a perfect model needs."""
+    scores, labels, n, positives = _checked(scores, labels, metric, target, confidence)
     cut, tp, predicted, nxt = _cuts(scores, labels)
     need = perfect_model_needs(target, confidence)
     count = "predicted duplicates" if metric == "precision" else "labelled duplicates"
@@ -291,18 +298,7 @@ def choose_threshold_stratified(scores, labels, design: Design, metric: str, tar
     the stratified lower bound at the full 1 - confidence (model/stratified.py), so the
     claim holds for the nights the samples were drawn from, not for the labelled pairs
     alone. Raises ThresholdError when no cut passes."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
-    if not 0.0 < target < 1.0:
-        raise ValueError(f"target {target} must be in (0, 1)")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"--confidence {confidence} must be in (0, 1)")
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
-    n, positives = len(scores), int(labels.sum())
-    if n == 0 or positives == 0:
-        raise ThresholdError(f"{n} labelled pairs with {positives} duplicates: nothing to "
-                             f"bound {metric} with")
+    scores, labels, n, positives = _checked(scores, labels, metric, target, confidence)
     cut, threshold, counts, possible = _stratified_cuts(scores, labels, design)
     sizes = design.sizes.astype(float)
     need = perfect_model_needs(target, confidence)
