@@ -62,12 +62,14 @@ class _Round(beam.PTransform):
         def relabel_side(side, keep, out_key):
             def fn(kv):
                 _, parts = kv
-                ps = _concat(parts["parents"])
-                for e in parts["edges"]:
-                    if e.num_rows:
-                        e = e.set_column(e.schema.get_field_index(side), side,
-                                         groups.relabel(e[side], ps))
-                        yield from split_table(e, out_key, b) if out_key else [e]
+                # One table per bucket: the fragments the shuffle brought are joined
+                # before the work, so a round hands on `buckets` tables, not a split of
+                # every fragment it got.
+                e = _concat(parts["edges"])
+                if e is not None and e.num_rows:
+                    e = e.set_column(e.schema.get_field_index(side), side,
+                                     groups.relabel(e[side], _concat(parts["parents"])))
+                    yield from split_table(e, out_key, b) if out_key else [e]
             return fn
 
         by_left = edges | "KeyLeft" >> beam.FlatMap(split_table, "left", b)
@@ -131,8 +133,9 @@ class Components(beam.PTransform):
                 _, parts = kv
                 rs = _concat(parts["roots"], pa.schema(
                     [(groups.NODE, self.id_type), (groups.ROOT, self.id_type)]))
-                for p in parts["parents"]:
-                    yield from split_table(groups.resolve(p, rs), groups.NODE, b)
+                ps = _concat(parts["parents"])
+                if ps is not None and ps.num_rows:
+                    yield from split_table(groups.resolve(ps, rs), groups.NODE, b)
 
             followed = ({"parents": by_parent, "roots": roots}
                         | f"JoinRoots{r}" >> beam.CoGroupByKey()
@@ -164,9 +167,9 @@ class GroupIds(beam.PTransform):
 
         def attach(kv):
             _, parts = kv
-            prev = _concat(parts["previous"])
-            for comps in parts["roots"]:
-                rows = groups.attach_previous(comps, prev)
+            comps = _concat(parts["roots"])
+            if comps is not None and comps.num_rows:
+                rows = groups.attach_previous(comps, _concat(parts["previous"]))
                 yield from split_table(rows, groups.ROOT, b)
 
         def settle(kv):
