@@ -119,13 +119,13 @@ def run(first: str, cross: str, data: str, repeats: int) -> dict:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--first", default=str(common.REPO / "models" / "mrpc-best"))
     p.add_argument("--cross", default=str(common.REPO / "models" / "cross-best-banded"))
     p.add_argument("--data", default=None)
     p.add_argument("--repeats", type=int, default=2)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     data = args.data or str(common.require_shared_data() / "mrpc_dev.parquet")
     for model in (args.first, args.cross):
         if not Path(model).exists():

@@ -132,20 +132,11 @@ def measure_distributed(edges: int) -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--edges", default="1000000,10000000")
-    ap.add_argument("--paths", default="one-worker,distributed")
-    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process
-    ap.add_argument("--path", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.one:
-        fn = measure_distributed if args.path == "distributed" else measure
-        print(json.dumps(fn(args.one)))
-        return
+def run(edges: list[int], paths: list[str]) -> dict:
+    """Each (path, size) in a fresh process, then the ratios: {"runs", "ratios"}."""
     runs = {}
-    for path in args.paths.split(","):
-        for n in (int(x) for x in args.edges.split(",")):
+    for path in paths:
+        for n in edges:
             out = subprocess.run([sys.executable, __file__, "--one", str(n), "--path", path],
                                  check=True, capture_output=True, text=True, cwd=REPO)
             run = json.loads(out.stdout.strip().splitlines()[-1])
@@ -169,7 +160,24 @@ def main() -> None:
             {"edges": a["edges"], "cpu_s": round(b["cpu_s"] / a["cpu_s"], 2),
              "peak_rss_mb": round(b["peak_rss_mb"] / a["peak_rss_mb"], 2)}
             for a, b in zip(one, dist)]
-    print(json.dumps(ratios))
+    return {"runs": runs, "ratios": ratios}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--edges", default="1000000,10000000")
+    ap.add_argument("--paths", default="one-worker,distributed")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process
+    ap.add_argument("--path", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        fn = measure_distributed if args.path == "distributed" else measure
+        print(json.dumps(fn(args.one)))
+        return
+    from bench import common
+
+    figures = run([int(x) for x in args.edges.split(",")], args.paths.split(","))
+    common.report("groups", figures)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python bench/run_all.py [--only NAME,...]   (overhead, unique, feed, memory, launcher,
                                                  cost, naive, precision, morning, store,
-                                                 warm, compact)
+                                                 warm, compact, groups, cascade)
 
 Each benchmark is also a script of its own (see its docstring for the command and what
 it measures); each saves its figures to out/bench/NAME.json. Figures are ratios of
@@ -22,9 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import (  # noqa: E402
+    cascade,
     common,
     cost_basis,
     feed,
+    groups,
     launcher,
     memory,
     morning,
@@ -54,6 +56,9 @@ BENCHES = {
     "warm": lambda: common.report("warm_night_minilm", warm_night.run(5000, 4300, 2, "minilm")),
     "compact": lambda: common.report(
         "store_compact", store_compact.run(500_000, 4_000_000, 10_000, 384, 0.02)),
+    "groups": lambda: common.report(
+        "groups", groups.run([1_000_000, 10_000_000], ["one-worker", "distributed"])),
+    "cascade": lambda: cascade.main([]),
 }
 
 
@@ -138,6 +143,20 @@ def summary_rows() -> list[tuple[str, str, str]]:
         rows.append((f"store compact {sc['large']['entries_in']} / {sc['small']['entries_in']} "
                      "entries (wall; CPU)", f"{r['wall']}; {r['cpu']}",
                      f"linear (~{r['entries']})"))
+    if g := load("groups"):
+        for path, r in g["ratios"].items():
+            if path == "distributed_over_one_worker":
+                for row in r:
+                    rows.append((f"groups distributed / one-worker, {row['edges']:,} edges "
+                                 "(CPU; peak RSS)", f"{row['cpu_s']}; {row['peak_rss_mb']}",
+                                 "report"))
+            else:
+                rows.append((f"groups {path}: CPU per edge, largest / smallest",
+                             str(r["cpu_s_per_edge_ratio"]), "<= 1.2 (linear)"))
+    if ca := load("cascade"):
+        r = ca["ratios"]
+        rows.append(("cascade CPU per pair / Siamese; / cross", f"{r['cascade / siamese']}; "
+                     f"{r['cascade / cross']}", "report"))
     return rows
 
 

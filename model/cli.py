@@ -147,6 +147,14 @@ def train_parser() -> CommandParser:
            "the decision threshold is chosen against)", type=float)
     option("bert_preset", "a local keras-hub BERT preset directory instead of the packaged "
            "MiniLM (it must use MiniLM's vocabulary)", metavar="DIR")
+    option("swap_pairs", "also train on every pair with its two texts swapped (for "
+           "--architecture cross, which reads a then b; the Siamese heads are symmetric)",
+           action="store_true")
+    option("pretrain", "pairs to train on first, an intermediate task (e.g. STS-B before "
+           "MRPC): binary labels if every row has one, else graded similarity / "
+           "--similarity-max; the epoch and threshold are chosen on --train's phase",
+           metavar="PAIRS")
+    option("pretrain_epochs", "epochs on --pretrain", type=int, metavar="N")
     p.add_argument("--cv-folds", type=int, default=0, metavar="K",
                    help="K-fold cross-validation instead of one model: OUTPUT/fold-k and "
                    "OUTPUT/cv.json (threshold and epoch from 10%% of each fold's training "

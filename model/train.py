@@ -92,6 +92,15 @@ class TrainConfig:
     # siamese (a shared tower per text, --distance head) or cross (both texts in one
     # `[CLS] a [SEP] b [SEP]` sequence through BERT, a Dense head on [CLS]; needs bert).
     architecture: str = "siamese"
+    # Train on every training pair twice, once with its texts swapped: a cross-encoder
+    # reads a then b, so the order is something it could learn (the Siamese heads are
+    # symmetric in the two texts already).
+    swap_pairs: bool = False
+    # Pairs to train on first, for `pretrain_epochs` (an intermediate task, e.g. STS-B
+    # before MRPC): binary labels when the file has them on every row, else graded
+    # similarity / similarity_max. Epoch selection and the threshold come from --train.
+    pretrain: str | None = None
+    pretrain_epochs: int = 1
 
     def __post_init__(self):
         self.architecture = Architecture.parse(self.architecture).value
@@ -134,6 +143,8 @@ class TrainConfig:
             raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.pretrain_epochs < 1:
+            raise ValueError(f"--pretrain-epochs must be at least 1, got {self.pretrain_epochs}")
         if self.bert_preset is not None:
             if enc != Encoder.BERT:
                 raise ValueError("--bert-preset needs --encoder bert")
@@ -436,6 +447,35 @@ def _targets(cfg: TrainConfig, pairs: data_lib.Pairs, source: str):
     return soft, derived
 
 
+def _training_batches(cfg: TrainConfig, left, right, y, weights=None) -> PairBatches:
+    """Shuffled training batches of the token ids, each pair also swapped with
+    --swap-pairs."""
+    if cfg.swap_pairs:
+        left, right = left + right, right + left
+        y = np.concatenate([y, y])
+        weights = None if weights is None else np.concatenate([weights, weights])
+    return PairBatches(left, right, y, cfg.batch_size, True, cfg.seed, weights=weights)
+
+
+def _pretrain(cfg: TrainConfig, model, ids, callbacks: list, verbose: int) -> dict:
+    """--pretrain: `pretrain_epochs` on those pairs, all weights trainable, with an
+    optimizer and schedule of its own; what it trained on, for the metadata."""
+    pairs = data_lib.read_pairs(cfg.pretrain, cfg.text_a_column, cfg.text_b_column,
+                                cfg.label_column, cfg.similarity_column)
+    target = "label" if pairs.labels is not None else "similarity"
+    y, _ = _targets(dataclasses.replace(cfg, target=target, class_weight=None), pairs,
+                    cfg.pretrain)
+    batches = _training_batches(cfg, ids(pairs.text_a), ids(pairs.text_b), y)
+    log.info("pretraining on %s: %d pairs, %d epochs, %s targets", cfg.pretrain, len(pairs),
+             cfg.pretrain_epochs, target)
+    _compile(model, _schedule(cfg, len(batches), cfg.pretrain_epochs))
+    model.fit(batches.dataset(), epochs=cfg.pretrain_epochs, callbacks=callbacks,
+              verbose=verbose, shuffle=False)
+    return {"data": os.path.abspath(cfg.pretrain) if "://" not in cfg.pretrain
+            else cfg.pretrain, "rows": len(pairs), "epochs": cfg.pretrain_epochs,
+            "target": target, "data_fingerprint": data_lib.fingerprint(pairs)}
+
+
 def _compile(model, learning_rate):
     import keras
 
@@ -482,10 +522,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> ModelMetadata:
     def ids(texts):
         return tokenization.encode_batch(tok, texts)
 
-    tr = PairBatches(
-        ids(train_pairs.text_a), ids(train_pairs.text_b), y_train,
-        cfg.batch_size, True, cfg.seed, weights=weights,
-    )
+    tr = _training_batches(cfg, ids(train_pairs.text_a), ids(train_pairs.text_b), y_train,
+                           weights)
     va = PairBatches(
         ids(val_pairs.text_a), ids(val_pairs.text_b), None, cfg.batch_size, False, cfg.seed,
     )
@@ -493,8 +531,11 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> ModelMetadata:
     monitor = ValidationMonitor(
         siamese, va, y_val, labels_val, val_pairs.similarity, cfg.select_metric, cfg.patience
     )
-    callbacks = [monitor.callback(), *(callbacks or [])]
     verbose = 1 if sys.stderr.isatty() else 2
+    pretrained = None
+    if cfg.pretrain:
+        pretrained = _pretrain(cfg, siamese, ids, callbacks or [], verbose)
+    callbacks = [monitor.callback(), *(callbacks or [])]
     if cfg.freeze_epochs:
         # Keras fixes the trainable set at compile time: compile, train the head, then
         # unfreeze and compile again (a fresh optimizer, its own warm-up and decay).
@@ -546,6 +587,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> ModelMetadata:
             "best_value": monitor.best_value,
             "best_val_loss": float(min(h["val_loss"] for h in monitor.history)),
             "class_weight": class_weight,
+            "swap_pairs": cfg.swap_pairs,
+            "pretrain": pretrained,
             "history": monitor.history,
             "train_seconds": round(train_s, 1),
             "config": dataclasses.asdict(cfg),

@@ -402,3 +402,59 @@ def test_one_feature_heads_start_with_a_positive_slope():
         scores = np.asarray(DistanceHead(distance)(u, v))
         assert scores[0] > scores[1] > scores[2], distance
         assert scores[0] > 0.9
+
+
+# -- swapped pairs and an intermediate task first ------------------------------------------
+
+
+def test_swapped_pairs_are_every_pair_in_both_orders():
+    from model.train import _training_batches
+
+    left = [np.array([1, 2]), np.array([3])]
+    right = [np.array([4]), np.array([5, 6, 7])]
+    y, w = np.array([1.0, 0.0], "float32"), np.array([2.0, 1.0], "float32")
+    plain = _training_batches(_cfg(("a", "b"), "o"), left, right, y, w)
+    assert len(plain.left) == 2
+    swapped = _training_batches(_cfg(("a", "b"), "o", swap_pairs=True), left, right, y, w)
+    got = {(tuple(a), tuple(b), float(t), float(u)) for a, b, t, u in
+           zip(swapped.left, swapped.right, swapped.y, swapped.weights, strict=True)}
+    assert got == {((1, 2), (4,), 1.0, 2.0), ((3,), (5, 6, 7), 0.0, 1.0),
+                   ((4,), (1, 2), 1.0, 2.0), ((5, 6, 7), (3,), 0.0, 1.0)}
+
+
+class _Epochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.ended = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ended += 1
+
+
+def test_a_cross_encoder_pretrains_on_graded_pairs_then_trains(
+    binary_data, graded_data, tmp_path, tiny_bert_preset
+):
+    kw = dict(architecture="cross", encoder="bert", bert_preset=tiny_bert_preset,
+              max_length=16, batch_size=16, epochs=1, swap_pairs=True)
+    epochs = _Epochs()
+    meta = train(_cfg(binary_data, tmp_path / "pre", pretrain=str(graded_data[0]),
+                      pretrain_epochs=2, **kw), callbacks=[epochs])
+    assert epochs.ended == 2 + 1  # the pretraining epochs, then --train's
+    pre = meta.training["pretrain"]
+    assert pre["target"] == "similarity" and pre["rows"] == 128 and pre["epochs"] == 2
+    assert meta.training["swap_pairs"] is True
+    assert meta.training["epochs_run"] == 1  # selection counts --train's epochs only
+    plain = train(_cfg(binary_data, tmp_path / "plain", **kw))
+    assert plain.training["pretrain"] is None
+    scores = [_validation_scores(tmp_path / m, binary_data[1])[0] for m in ("pre", "plain")]
+    assert not np.allclose(scores[0], scores[1])  # the pretraining left its mark
+
+
+def test_a_binary_pretraining_file_trains_on_its_labels(binary_data, tmp_path,
+                                                        tiny_bert_preset):
+    meta = train(_cfg(binary_data, tmp_path / "m", architecture="cross", encoder="bert",
+                      bert_preset=tiny_bert_preset, max_length=16, batch_size=16,
+                      pretrain=str(binary_data[1])))
+    assert meta.training["pretrain"]["target"] == "label"
+    with pytest.raises(ValueError, match="--pretrain-epochs must be at least 1"):
+        _cfg(binary_data, tmp_path / "x", pretrain=str(binary_data[1]), pretrain_epochs=0)
