@@ -115,17 +115,23 @@ def measure_distributed(edges: int) -> dict:
     result = p.run()
     result.wait_until_finish()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    rounds = {}
-    for c in result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))[
-            "counters"]:
+    rounds, most = {}, {}
+    metrics = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
+    for c in metrics["counters"]:
         name = c.key.metric.name
         if name.startswith("groups_round"):
             rounds[name] = rounds.get(name, 0) + (c.committed or c.attempted or 0)
+    for d in metrics["distributions"]:
+        name = d.key.metric.name
+        if name.endswith("_bucket_edges"):
+            got = d.committed or d.attempted
+            most[int(name[len("groups_round"):-len("_bucket_edges")])] = got.max
     return {
         "edges": edges, "path": "distributed", "bound": bound, "buckets": buckets,
         "rounds": len([v for v in rounds.values() if v]),
         "edges_per_round": [rounds[k] for k in sorted(rounds, key=lambda k: int(
             k[len("groups_round"):-len("_edges")]))],
+        "most_edges_in_one_bucket": [most[r] for r in sorted(most)],
         "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_before_mb": round(rss_before, 1),

@@ -45,6 +45,10 @@ class _Round(beam.PTransform):
     def expand(self, edges):
         b = self.buckets
         counter = beam.metrics.Metrics.counter(NAMESPACE, f"groups_round{self.index}_edges")
+        # The edges one bucket holds in this round's first join: the most any worker
+        # must hold at once for one key (its max is the bound the buckets keep).
+        load = beam.metrics.Metrics.distribution(
+            NAMESPACE, f"groups_round{self.index}_bucket_edges")
 
         def counted(t):
             counter.inc(t.num_rows)
@@ -59,13 +63,15 @@ class _Round(beam.PTransform):
             | "Parents" >> beam.MapTuple(lambda k, ts: (k, groups.combine_hooks(list(ts))))
         )
 
-        def relabel_side(side, keep, out_key):
+        def relabel_side(side, out_key, measured=None):
             def fn(kv):
                 _, parts = kv
                 # One table per bucket: the fragments the shuffle brought are joined
                 # before the work, so a round hands on `buckets` tables, not a split of
                 # every fragment it got.
                 e = _concat(parts["edges"])
+                if measured is not None:
+                    measured.update(0 if e is None else e.num_rows)
                 if e is not None and e.num_rows:
                     e = e.set_column(e.schema.get_field_index(side), side,
                                      groups.relabel(e[side], _concat(parts["parents"])))
@@ -76,12 +82,12 @@ class _Round(beam.PTransform):
         half = (
             {"edges": by_left, "parents": parents}
             | "JoinLeft" >> beam.CoGroupByKey()
-            | "RelabelLeft" >> beam.FlatMap(relabel_side("left", None, "right"))
+            | "RelabelLeft" >> beam.FlatMap(relabel_side("left", "right", load))
         )
         contracted = (
             {"edges": half, "parents": parents}
             | "JoinRight" >> beam.CoGroupByKey()
-            | "RelabelRight" >> beam.FlatMap(relabel_side("right", None, None))
+            | "RelabelRight" >> beam.FlatMap(relabel_side("right", None))
             | "DropLoops" >> beam.Map(groups.drop_loops)
             | "NonEmpty" >> beam.Filter(lambda t: t.num_rows > 0)
         )
